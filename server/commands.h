@@ -7,5 +7,9 @@
 namespace agentserve::cli {
 
 void add_info_command(CLI::App& app, int& exit_code);
+void add_tokenize_commands(CLI::App& app, int& exit_code);  // tokenize, detokenize
+void add_generate_commands(CLI::App& app, int& exit_code);  // generate, score
+void add_make_model_command(CLI::App& app, int& exit_code);
+void add_verify_weights_command(CLI::App& app, int& exit_code);
 
 }  // namespace agentserve::cli

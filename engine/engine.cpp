@@ -1,0 +1,399 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <future>
+
+#include "engine/weight_manifest.h"
+#include "spdlog/spdlog.h"
+
+namespace agentserve::engine {
+namespace {
+
+size_t sz_t(int v) { return static_cast<size_t>(v); }
+
+double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+}  // namespace
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
+  std::unique_ptr<Engine> engine(new Engine());
+  AS_RETURN_IF_ERROR(engine->init(options));
+  engine->thread_ = std::thread([e = engine.get()] { e->run(); });
+  return engine;
+}
+
+Status Engine::init(const EngineOptions& options) {
+  options_ = options;
+  if (options.block_size < 1 || options.block_size > 1024) {
+    return Status::invalid_argument("block_size must be in [1, 1024]");
+  }
+  if (options.max_step_tokens < 1) return Status::invalid_argument("max_step_tokens must be at least 1");
+  if (options.max_running < 1) return Status::invalid_argument("max_running must be at least 1");
+  AS_ASSIGN_OR_RETURN(config_, load_model_config(options.model_dir));
+  AS_ASSIGN_OR_RETURN(auto weights, ModelWeights::open(options.model_dir, config_));
+  weights_ = std::make_unique<ModelWeights>(std::move(weights));
+  AS_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::load(options.model_dir));
+  tokenizer_.emplace(std::move(tokenizer));
+  if (!options.model_fingerprint.empty()) {
+    fingerprint_ = options.model_fingerprint;
+  } else {
+    AS_ASSIGN_OR_RETURN(fingerprint_, engine::model_fingerprint(options.model_dir));
+  }
+  for (int64_t id : config_.eos_token_ids) eos_ids_.push_back(static_cast<int32_t>(id));
+  if (eos_ids_.empty()) {
+    for (const char* name : {"<|im_end|>", "<|endoftext|>"}) {
+      if (auto id = tokenizer_->token_to_id(name)) eos_ids_.push_back(*id);
+    }
+  }
+
+  // The embedding has padding rows past the tokenizer's last id (151669 of 151936 for Qwen3): a random
+  // or undertrained model could pick one, and it would decode to nothing. The sampler never sees them.
+  const int64_t tokenizer_vocab = tokenizer_->vocab_size();
+  if (tokenizer_vocab < config_.vocab_size) {
+    sample_mask_.assign(static_cast<size_t>((config_.vocab_size + 31) / 32), 0u);
+    for (int64_t id = 0; id < tokenizer_vocab; ++id) sample_mask_[static_cast<size_t>(id / 32)] |= 1u << (id % 32);
+  }
+
+  max_context_ = static_cast<int>(std::min<int64_t>(config_.max_position_embeddings, INT32_MAX));
+  if (options.max_context > 0) max_context_ = std::min(max_context_, options.max_context);
+
+  const int n_threads = options.n_threads > 0 ? options.n_threads
+                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pool_ = std::make_unique<ThreadPool>(n_threads);
+  model_ = std::make_unique<Qwen3MoeModel>(config_, *weights_, *pool_, options.max_step_tokens);
+
+  const memory::KvLayout layout{.n_layers = config_.num_hidden_layers,
+                                .n_kv_heads = config_.num_key_value_heads,
+                                .head_dim = static_cast<int>(config_.head_dim),
+                                .block_size = options.block_size};
+  AS_RETURN_IF_ERROR(layout.validate());
+  const int n_blocks = layout.blocks_that_fit(options.kv_cache_bytes);
+  if (n_blocks < 2) {
+    return Status::invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) +
+                                    " holds fewer than 2 KV blocks of " + std::to_string(layout.block_stride()) +
+                                    " bytes");
+  }
+  AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
+  arena_.emplace(std::move(arena));
+  blocks_ = std::make_unique<memory::BlockManager>(n_blocks, options.block_size);
+  scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{.max_step_tokens = options.max_step_tokens, .max_running = options.max_running}, *blocks_);
+  counters_.kv_blocks_total = n_blocks;
+  counters_.kv_blocks_free = n_blocks;
+  spdlog::info("engine: {} layers, {} experts (top-{}), {} threads, {} KV blocks of {} tokens ({:.1f} MiB)",
+               config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads, n_blocks,
+               options.block_size, static_cast<double>(arena_->total_bytes()) / (1 << 20));
+  return {};
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<RequestId> Engine::submit(GenerationRequest request) {
+  if (request.prompt.empty()) return Status::invalid_argument("prompt is empty: give at least one token");
+  for (size_t i = 0; i < request.prompt.size(); ++i) {
+    const int32_t id = request.prompt[i];
+    if (id < 0 || id >= config_.vocab_size) {
+      return Status::invalid_argument("prompt token " + std::to_string(i) + " has id " + std::to_string(id) +
+                                      ", outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
+    }
+  }
+  const int prompt_len = static_cast<int>(request.prompt.size());
+  if (prompt_len >= max_context_) {
+    return Status::out_of_range("prompt has " + std::to_string(prompt_len) +
+                                " tokens; the context limit is " + std::to_string(max_context_) +
+                                " and at least one token must be generated");
+  }
+  AS_RETURN_IF_ERROR(request.sampling.validate(static_cast<int>(config_.vocab_size)));
+  const int64_t final_len = std::min<int64_t>(static_cast<int64_t>(prompt_len) + request.sampling.max_tokens,
+                                              max_context_);
+  const int64_t blocks_needed = (final_len + options_.block_size - 1) / options_.block_size;
+  if (blocks_needed > counters_.kv_blocks_total) {
+    return Status::resource_exhausted("request needs up to " + std::to_string(blocks_needed) +
+                                      " KV blocks; the pool has " + std::to_string(counters_.kv_blocks_total) +
+                                      " (raise the KV cache size or lower max_tokens)");
+  }
+  AS_ASSIGN_OR_RETURN(auto sampler,
+                      Sampler::create(request.sampling, static_cast<int>(config_.vocab_size), request.prompt));
+
+  int64_t waiting = 0;
+  {
+    std::lock_guard lock(counters_mutex_);
+    waiting = counters_.waiting;
+  }
+  std::lock_guard lock(mutex_);
+  if (stopping_) return Status::failed_precondition("engine is shutting down");
+  if (static_cast<int64_t>(inbox_.size()) + waiting >= options_.max_waiting) {
+    return Status::resource_exhausted("engine queue is full (" + std::to_string(options_.max_waiting) + ")");
+  }
+  const RequestId id = next_id_++;
+  auto seq = std::make_unique<Sequence>(id, std::move(request), std::move(sampler),
+                                        StreamingDetokenizer(*tokenizer_));
+  seq->prompt_tokens = prompt_len;
+  seq->kv.tokens = seq->request.prompt;
+  seq->kv.salt = memory::make_salt(fingerprint_, seq->request.cache_salt);
+  seq->submitted_at = std::chrono::steady_clock::now();
+  inbox_.push_back(std::move(seq));
+  wake_.notify_one();
+  return id;
+}
+
+void Engine::cancel(RequestId id) {
+  {
+    std::lock_guard lock(mutex_);
+    cancels_.push_back(id);
+  }
+  wake_.notify_one();
+}
+
+void Engine::run() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !scheduler_->idle(); });
+      if (stopping_) break;
+    }
+    drain_inbox();
+    step();
+  }
+  // Shutdown: everything still queued or running ends as cancelled.
+  drain_inbox();
+  std::lock_guard model_lock(model_mutex_);
+  std::vector<Sequence*> remaining;
+  for (auto& [id, seq] : live_) remaining.push_back(seq.get());
+  for (Sequence* seq : remaining) finish(seq, FinishReason::kCancelled);
+}
+
+void Engine::drain_inbox() {
+  std::vector<std::unique_ptr<Sequence>> arrived;
+  std::vector<RequestId> cancels;
+  {
+    std::lock_guard lock(mutex_);
+    arrived.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  std::lock_guard model_lock(model_mutex_);
+  for (auto& seq : arrived) {
+    Sequence* raw = seq.get();
+    live_.emplace(raw->id, std::move(seq));
+    scheduler_->add(raw);
+  }
+  for (RequestId id : cancels) {
+    auto it = live_.find(id);
+    if (it != live_.end()) finish(it->second.get(), FinishReason::kCancelled);
+  }
+}
+
+void Engine::finish(Sequence* seq, FinishReason reason, Status error) {
+  scheduler_->remove(seq);
+  GenerationEvent event;
+  event.request_id = seq->id;
+  event.finished = true;
+  event.finish_reason = reason;
+  event.error = std::move(error);
+  if (reason != FinishReason::kError && reason != FinishReason::kCancelled) {
+    if (!seq->stop_matcher.stopped()) {
+      event.text = std::string(seq->stop_matcher.finish(seq->detokenizer.finish()));
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
+  event.usage.prompt_tokens = seq->prompt_tokens;
+  event.usage.cached_tokens = std::max(0, seq->cached_tokens);
+  event.usage.completion_tokens = seq->generated;
+  event.usage.total_time_s = seconds_between(seq->submitted_at, now);
+  if (seq->first_token_at) event.usage.time_to_first_token_s = seconds_between(seq->submitted_at, *seq->first_token_at);
+  {
+    std::lock_guard lock(counters_mutex_);
+    counters_.requests_finished++;
+    counters_.prompt_tokens += seq->prompt_tokens;
+    counters_.cached_prompt_tokens += std::max(0, seq->cached_tokens);
+  }
+  if (seq->request.on_event) seq->request.on_event(event);
+  live_.erase(seq->id);
+}
+
+bool Engine::accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event) {
+  const int32_t token = sample.token;
+  (void)seq->sampler.accept(token);
+  seq->kv.tokens.push_back(token);
+  seq->generated++;
+  if (!seq->first_token_at) seq->first_token_at = std::chrono::steady_clock::now();
+  event.tokens.push_back(token);
+  if (sample.logprob) event.logprobs.push_back({token, *sample.logprob});
+
+  const bool stop_token = is_stop_token(seq->request.sampling, token, eos_ids_);
+  if (!stop_token) {
+    const StopUpdate update = seq->stop_matcher.feed(seq->detokenizer.push(token));
+    event.text += update.emit;
+    if (update.stopped) return true;
+  }
+  if (stop_token) return true;
+  return seq->generated >= seq->request.sampling.max_tokens ||
+         static_cast<int>(seq->kv.tokens.size()) >= max_context_;
+}
+
+void Engine::step() {
+  std::lock_guard model_lock(model_mutex_);
+  ScheduledStep plan = scheduler_->schedule();
+  for (Sequence* seq : plan.rejected) {
+    finish(seq, FinishReason::kError,
+           Status::resource_exhausted("the KV cache cannot hold this sequence even alone"));
+  }
+  if (plan.chunks.empty()) return;
+
+  forward_chunks_.clear();
+  for (const ScheduledChunk& c : plan.chunks) {
+    const auto& tokens = c.sequence->kv.tokens;
+    forward_chunks_.push_back({.tokens = std::span<const int32_t>(tokens).subspan(sz_t(c.start), sz_t(c.n_tokens)),
+                               .start_position = c.start,
+                               .block_table = c.sequence->kv.block_table,
+                               .logits = c.samples ? LogitsWanted::kLast : LogitsWanted::kNone});
+  }
+  Status status = model_->forward(forward_chunks_, *arena_, logits_);
+  if (!status.ok()) {
+    for (const ScheduledChunk& c : plan.chunks) finish(c.sequence, FinishReason::kError, status);
+    return;
+  }
+
+  int64_t prefill = 0, decoded = 0;
+  size_t row = 0;
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  for (const ScheduledChunk& c : plan.chunks) {
+    Sequence* seq = c.sequence;
+    const bool in_prompt = c.start < seq->prompt_tokens;
+    if (in_prompt) prefill += std::min(c.start + c.n_tokens, seq->prompt_tokens) - c.start;
+    (void)blocks_->commit_computed(seq->kv, c.start + c.n_tokens);
+    if (!c.samples) continue;
+    std::span<float> row_logits(logits_.data() + row * vocab, vocab);
+    ++row;
+    auto sample = seq->sampler.sample(row_logits, sample_mask_);
+    if (!sample.ok()) {
+      finish(seq, FinishReason::kError, sample.status());
+      continue;
+    }
+    GenerationEvent event;
+    event.request_id = seq->id;
+    const bool done = accept_token(seq, *sample, event);
+    ++decoded;
+    const bool stopped = is_stop_token(seq->request.sampling, sample->token, eos_ids_) || seq->stop_matcher.stopped();
+    if (done) {
+      if (seq->request.on_event && (!event.tokens.empty() || !event.text.empty())) seq->request.on_event(event);
+      finish(seq, stopped ? FinishReason::kStop : FinishReason::kLength);
+    } else if (seq->request.on_event) {
+      seq->request.on_event(event);
+    }
+  }
+
+  std::lock_guard lock(counters_mutex_);
+  counters_.steps++;
+  counters_.prefill_tokens += prefill;
+  counters_.decode_tokens += decoded;
+  counters_.preemptions += static_cast<int64_t>(plan.preempted.size());
+  counters_.running = static_cast<int64_t>(scheduler_->num_running());
+  counters_.waiting = static_cast<int64_t>(scheduler_->num_waiting());
+  const auto stats = blocks_->stats();
+  counters_.kv_blocks_free = stats.num_free;
+  counters_.prefix_hit_blocks = stats.hit_blocks;
+  counters_.prefix_miss_blocks = stats.miss_blocks;
+}
+
+EngineCounters Engine::counters() const {
+  std::lock_guard lock(counters_mutex_);
+  return counters_;
+}
+
+ExpertLoad Engine::expert_load() const {
+  std::lock_guard lock(const_cast<std::mutex&>(model_mutex_));
+  return model_->expert_load();
+}
+
+Result<Generation> Engine::generate(std::vector<int32_t> prompt, const SamplingParams& sampling,
+                                    const std::string& cache_salt) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto result = std::make_shared<Generation>();
+  GenerationRequest request{.prompt = std::move(prompt), .sampling = sampling, .cache_salt = cache_salt};
+  request.on_event = [done, result](const GenerationEvent& event) {
+    result->tokens.insert(result->tokens.end(), event.tokens.begin(), event.tokens.end());
+    result->text += event.text;
+    result->logprobs.insert(result->logprobs.end(), event.logprobs.begin(), event.logprobs.end());
+    if (event.finished) {
+      result->finish_reason = event.finish_reason;
+      result->usage = event.usage;
+      if (event.finish_reason == FinishReason::kError) {
+        result->text = event.error.to_string();
+      }
+      done->set_value();
+    }
+  };
+  auto future = done->get_future();
+  AS_RETURN_IF_ERROR(submit(std::move(request)).status());
+  future.wait();
+  if (result->finish_reason == FinishReason::kError) return Status::internal(result->text);
+  return std::move(*result);
+}
+
+Result<std::vector<float>> Engine::score(std::span<const int32_t> ids) {
+  if (ids.empty()) return Status::invalid_argument("nothing to score: ids are empty");
+  if (static_cast<int>(ids.size()) > max_context_) {
+    return Status::out_of_range("ids have " + std::to_string(ids.size()) + " tokens, past the context limit " +
+                                std::to_string(max_context_));
+  }
+  std::lock_guard model_lock(model_mutex_);
+  memory::SequenceState seq;
+  seq.tokens.assign(ids.begin(), ids.end());
+  // A salt of its own: scoring never shares blocks with served requests.
+  seq.salt = memory::make_salt(fingerprint_, "\x01score");
+  const int n = static_cast<int>(ids.size());
+  const int chunk = model_->max_step_tokens();
+  std::vector<float> all;
+  all.reserve(static_cast<size_t>(n) * static_cast<size_t>(config_.vocab_size));
+  std::vector<float> rows;
+  Status status;
+  for (int start = 0; start < n && status.ok(); start += chunk) {
+    const int len = std::min(chunk, n - start);
+    if (start == 0) {
+      if (!blocks_->can_allocate(seq, len)) status = Status::resource_exhausted("KV cache is busy or too small");
+      if (status.ok()) status = blocks_->allocate(seq, len).status();
+      if (status.ok() && seq.num_computed != 0) status = Status::internal("score sequence reused cached blocks");
+    } else if (!blocks_->can_append(seq, len)) {
+      status = Status::resource_exhausted("KV cache is busy or too small to score " + std::to_string(n) + " tokens");
+    } else {
+      status = blocks_->append(seq, len);
+    }
+    if (!status.ok()) break;
+    const ForwardChunk fc{.tokens = std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(start),
+                                                                                 static_cast<size_t>(len)),
+                          .start_position = start,
+                          .block_table = seq.block_table,
+                          .logits = LogitsWanted::kAll};
+    status = model_->forward(std::span<const ForwardChunk>(&fc, 1), *arena_, rows);
+    if (status.ok()) {
+      all.insert(all.end(), rows.begin(), rows.end());
+      status = blocks_->commit_computed(seq, start + len);
+    }
+  }
+  blocks_->release(seq);
+  if (!status.ok()) return status;
+  return all;
+}
+
+}  // namespace agentserve::engine

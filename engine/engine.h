@@ -1,0 +1,151 @@
+// Engine: the model behind a request queue. Callers on any thread submit requests (token ids, sampling,
+// cache salt) and get events back through their callback; one engine thread runs continuous batching:
+// each step it takes new requests and cancels, schedules (chunked prefill + decode under a token budget),
+// runs one batched forward, samples, and streams tokens out. Prefix-cache hits skip their prefill; when KV
+// blocks run out, the scheduler preempts instead of failing.
+//
+// The engine never sees JSON or sockets (the server layer does), and never blocks a caller's thread on the
+// model except through the synchronous helpers meant for tools and tests (generate, score).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "base/status.h"
+#include "base/thread_pool.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+#include "engine/qwen3_moe_model.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+#include "memory/block_manager.h"
+#include "memory/kv_arena.h"
+
+namespace agentserve::engine {
+
+struct EngineOptions {
+  std::filesystem::path model_dir;
+  int n_threads = 0;                        // compute threads; 0 = the machine's hardware threads
+  int block_size = 16;                      // tokens per KV block
+  size_t kv_cache_bytes = size_t{1} << 30;  // T0 budget for KV blocks
+  int max_step_tokens = 512;                // forward tokens per step (chunked prefill budget)
+  int max_running = 64;                     // sequences decoded together
+  int max_context = 0;                      // 0 = the model's max_position_embeddings
+  int max_waiting = 4096;                   // queued requests beyond which submit() refuses
+  // Identifies the weights in prefix-cache keys. Empty: derived from the checkpoint (weight manifest).
+  std::string model_fingerprint;
+};
+
+// Cumulative counters since start (read from any thread).
+struct EngineCounters {
+  int64_t steps = 0;
+  int64_t prompt_tokens = 0;       // prompt tokens of finished and running requests
+  int64_t prefill_tokens = 0;      // prompt tokens actually computed (prefix hits skip theirs)
+  int64_t cached_prompt_tokens = 0;
+  int64_t decode_tokens = 0;       // sampled tokens
+  int64_t preemptions = 0;
+  int64_t requests_finished = 0;
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int64_t prefix_hit_blocks = 0;
+  int64_t prefix_miss_blocks = 0;
+};
+
+// The result of the synchronous generate().
+struct Generation {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  FinishReason finish_reason = FinishReason::kNone;
+  Usage usage;
+};
+
+class Engine {
+ public:
+  // Loads config, weights (memory-mapped), tokenizer; sizes the KV pool; starts the engine thread.
+  static Result<std::unique_ptr<Engine>> open(const EngineOptions& options);
+  ~Engine();  // cancels what runs (callbacks see kCancelled) and joins the thread
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and queues a request. Errors (nothing queued, no callback): empty prompt, a token id outside
+  // the vocabulary, a prompt that leaves no room in the context, bad sampling values, a request that cannot
+  // fit the KV pool even alone, a full queue, an engine shutting down.
+  Result<RequestId> submit(GenerationRequest request);
+  // Ends a request at the next step boundary (its callback gets finish_reason kCancelled). Unknown or
+  // finished ids are ignored.
+  void cancel(RequestId id);
+
+  // Synchronous helpers built on submit(): run one request to its end.
+  Result<Generation> generate(std::vector<int32_t> prompt, const SamplingParams& sampling,
+                              const std::string& cache_salt = "");
+  // Logits of every position of `ids` ([n, vocab] floats), computed with the engine's model outside the
+  // batch loop (it waits for the engine to be idle between steps). For scoring tools and golden tests.
+  Result<std::vector<float>> score(std::span<const int32_t> ids);
+
+  EngineCounters counters() const;
+  ExpertLoad expert_load() const;
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const std::string& model_fingerprint() const { return fingerprint_; }
+  int max_context() const { return max_context_; }
+  int n_threads() const { return pool_->size(); }
+  const memory::KvLayout& kv_layout() const { return arena_->layout(); }
+
+ private:
+  Engine() = default;
+  Status init(const EngineOptions& options);
+  void run();
+  void drain_inbox();
+  void step();
+  void finish(Sequence* seq, FinishReason reason, Status error = {});
+  // Appends a sampled token and emits its event; returns true when the sequence ended.
+  bool accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event);
+
+  EngineOptions options_;
+  ModelConfig config_;
+  std::unique_ptr<ModelWeights> weights_;
+  std::optional<Tokenizer> tokenizer_;  // set by init(); Tokenizer has no empty state
+  std::string fingerprint_;
+  memory::BlockKey fingerprint_salt_base_;
+  std::vector<int32_t> eos_ids_;
+  std::vector<uint32_t> sample_mask_;  // ids the tokenizer knows; empty when that is all of the vocabulary
+  int max_context_ = 0;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Qwen3MoeModel> model_;
+  std::optional<memory::KvArena> arena_;
+  std::unique_ptr<memory::BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Inbox: filled by submit()/cancel() on any thread, drained by the engine thread.
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<std::unique_ptr<Sequence>> inbox_;
+  std::vector<RequestId> cancels_;
+  bool stopping_ = false;
+  RequestId next_id_ = 1;
+  // Owned by the engine thread (model_mutex_ lets score() borrow the model between steps).
+  std::mutex model_mutex_;
+  std::unordered_map<RequestId, std::unique_ptr<Sequence>> live_;
+  std::vector<float> logits_;
+  std::vector<ForwardChunk> forward_chunks_;
+
+  mutable std::mutex counters_mutex_;
+  EngineCounters counters_;
+  std::thread thread_;
+};
+
+}  // namespace agentserve::engine
