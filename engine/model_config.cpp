@@ -130,6 +130,39 @@ Status read_rope(const json& rope, std::string_view where, ModelConfig& config) 
   return Status();
 }
 
+Status read_moe_keys(const KeyReader& keys, ModelConfig& c) {
+  AS_RETURN_IF_ERROR(keys.integer("num_experts", c.num_experts, true));
+  const bool moe = c.num_experts > 0;
+  AS_RETURN_IF_ERROR(keys.integer("num_experts_per_tok", c.num_experts_per_tok, moe));
+  AS_RETURN_IF_ERROR(keys.integer("moe_intermediate_size", c.moe_intermediate_size, moe));
+  AS_RETURN_IF_ERROR(keys.boolean("norm_topk_prob", c.norm_topk_prob));
+  AS_RETURN_IF_ERROR(keys.integer("decoder_sparse_step", c.decoder_sparse_step));
+  if (const json* layers = keys.find("mlp_only_layers")) {
+    if (!layers->is_array()) return keys.error("mlp_only_layers", "must be a list of layer indices");
+    for (const json& l : *layers) {
+      if (!l.is_number_integer() || l.get<int64_t>() < 0 || l.get<int64_t>() > INT_MAX) {
+        return keys.error("mlp_only_layers", "must hold non-negative layer indices, got " +
+                                                 (l.is_primitive() ? l.dump() : l.type_name()));
+      }
+      c.mlp_only_layers.push_back(l.get<int>());
+    }
+  }
+  return Status();
+}
+
+// Features the Qwen3 forward pass does not implement: refuse rather than compute something else.
+Status refuse_unsupported(const KeyReader& keys) {
+  bool flag = false;
+  AS_RETURN_IF_ERROR(keys.boolean("attention_bias", flag));
+  if (flag) return keys.error("attention_bias", "must be false (Qwen3 has no attention bias)");
+  AS_RETURN_IF_ERROR(keys.boolean("use_sliding_window", flag));
+  if (flag) return keys.error("use_sliding_window", "sliding-window attention is not supported");
+  std::string act = "silu";
+  AS_RETURN_IF_ERROR(keys.string("hidden_act", act));
+  if (act != "silu") return keys.error("hidden_act", "\"" + act + "\" is not supported (silu)");
+  return Status();
+}
+
 Status read_model_keys(const json& j, ModelConfig& c) {
   const KeyReader keys(j);
   AS_RETURN_IF_ERROR(keys.string("model_type", c.model_type, /*required=*/true));
@@ -169,24 +202,7 @@ Status read_model_keys(const json& j, ModelConfig& c) {
   }
   AS_RETURN_IF_ERROR(keys.token_ids("eos_token_id", c.eos_token_ids));
 
-  if (c.model_type == "qwen3_moe") {
-    AS_RETURN_IF_ERROR(keys.integer("num_experts", c.num_experts, true));
-    const bool moe = c.num_experts > 0;
-    AS_RETURN_IF_ERROR(keys.integer("num_experts_per_tok", c.num_experts_per_tok, moe));
-    AS_RETURN_IF_ERROR(keys.integer("moe_intermediate_size", c.moe_intermediate_size, moe));
-    AS_RETURN_IF_ERROR(keys.boolean("norm_topk_prob", c.norm_topk_prob));
-    AS_RETURN_IF_ERROR(keys.integer("decoder_sparse_step", c.decoder_sparse_step));
-    if (const json* layers = keys.find("mlp_only_layers")) {
-      if (!layers->is_array()) return keys.error("mlp_only_layers", "must be a list of layer indices");
-      for (const json& l : *layers) {
-        if (!l.is_number_integer() || l.get<int64_t>() < 0 || l.get<int64_t>() > INT_MAX) {
-          return keys.error("mlp_only_layers", "must hold non-negative layer indices, got " +
-                                                   (l.is_primitive() ? l.dump() : l.type_name()));
-        }
-        c.mlp_only_layers.push_back(l.get<int>());
-      }
-    }
-  }
+  if (c.model_type == "qwen3_moe") AS_RETURN_IF_ERROR(read_moe_keys(keys, c));
 
   AS_RETURN_IF_ERROR(keys.number("rope_theta", c.rope_theta));
   if (const json* rope = keys.find("rope_scaling")) {
@@ -198,16 +214,7 @@ Status read_model_keys(const json& j, ModelConfig& c) {
     AS_RETURN_IF_ERROR(read_rope(*params, "rope_parameters", c));
   }
 
-  // Features the Qwen3 forward pass does not implement: refuse rather than compute something else.
-  bool flag = false;
-  AS_RETURN_IF_ERROR(keys.boolean("attention_bias", flag));
-  if (flag) return keys.error("attention_bias", "must be false (Qwen3 has no attention bias)");
-  AS_RETURN_IF_ERROR(keys.boolean("use_sliding_window", flag));
-  if (flag) return keys.error("use_sliding_window", "sliding-window attention is not supported");
-  std::string act = "silu";
-  AS_RETURN_IF_ERROR(keys.string("hidden_act", act));
-  if (act != "silu") return keys.error("hidden_act", "\"" + act + "\" is not supported (silu)");
-  return Status();
+  return refuse_unsupported(keys);
 }
 
 std::string name_value(std::string_view key, int64_t value) {

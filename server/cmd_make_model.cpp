@@ -34,16 +34,19 @@ void print_progress(uint64_t done, uint64_t total, int& last_shown) {
 
 void add_make_model_command(CLI::App& app, int& exit_code) {
   struct Options {
-    std::string preset, out, dtype = "bf16", tokenizer_dir = AGENTSERVE_TOKENIZER_DIR;
+    std::string preset, config, out, dtype = "bf16", tokenizer_dir = AGENTSERVE_TOKENIZER_DIR;
     uint64_t seed = 0;
     int shards = 1;
     bool no_tokenizer = false, force = false;
   };
   auto options = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand("make-model", "Write a random-weight Qwen3-MoE checkpoint from a preset");
-  cmd->add_option("--preset", options->preset, "tiny (unit tests) or bench (speed)")
-      ->required()
-      ->check(CLI::IsMember(engine::model_preset_names()));
+  auto* cmd = app.add_subcommand("make-model",
+                                  "Write a random-weight Qwen3-MoE checkpoint from a preset or a config.json");
+  auto* preset_opt = cmd->add_option("--preset", options->preset, "tiny (unit tests) or bench (speed)")
+                         ->check(CLI::IsMember(engine::model_preset_names()));
+  auto* config_opt = cmd->add_option("--config", options->config,
+                                     "A Hugging Face config.json (qwen3_moe or qwen3) giving any other shape");
+  preset_opt->excludes(config_opt);
   cmd->add_option("--out", options->out, "Folder to write (created if needed)")->required();
   cmd->add_option("--seed", options->seed, "Seed of the weights: the same seed writes the same bytes");
   cmd->add_option("--dtype", options->dtype, "Weight type: bf16 (default) or f32")
@@ -55,9 +58,20 @@ void add_make_model_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("--no-tokenizer", options->no_tokenizer, "Do not copy tokenizer files");
   cmd->add_flag("--force", options->force, "Replace the model files of a folder that already has some");
   cmd->callback([options, &exit_code] {
-    auto preset = engine::model_preset(options->preset);
+    if (options->preset.empty() && options->config.empty()) {
+      std::fprintf(stderr, "agentserve make-model: give --preset (%s) or --config FILE\n", "tiny, bench");
+      exit_code = 2;
+      return;
+    }
+    auto config = options->config.empty() ? engine::model_preset(options->preset)
+                                          : engine::load_model_config(options->config);
+    if (!config.ok()) {
+      std::fprintf(stderr, "agentserve make-model: %s\n", config.status().to_string().c_str());
+      exit_code = 2;
+      return;
+    }
     engine::GeneratorOptions gen;
-    gen.config = *preset;  // the preset name was checked against model_preset_names()
+    gen.config = *config;
     gen.seed = options->seed;
     gen.dtype = options->dtype == "f32" ? engine::DType::kF32 : engine::DType::kBF16;
     gen.shards = options->shards;
@@ -73,8 +87,8 @@ void add_make_model_command(CLI::App& app, int& exit_code) {
       return;
     }
     auto fingerprint = engine::model_fingerprint(options->out);
-    std::printf("wrote %s: preset %s, %s, seed %llu, %d weight file(s), fingerprint %s\n",
-                options->out.c_str(), options->preset.c_str(), options->dtype.c_str(),
+    std::printf("wrote %s: %s %s, %s, seed %llu, %d weight file(s), fingerprint %s\n", options->out.c_str(),
+                options->config.empty() ? "preset" : "config", options->config.empty() ? options->preset.c_str() : options->config.c_str(), options->dtype.c_str(),
                 static_cast<unsigned long long>(options->seed), options->shards,
                 fingerprint.ok() ? fingerprint->c_str() : "unavailable");
     exit_code = 0;

@@ -91,12 +91,12 @@ namespace {
 // ---- Decode: few tokens, weights streamed from memory once. ----
 //
 // One weight row at a time, so W is read as a single sequential stream (interleaving several rows
-// halves the bandwidth the hardware prefetcher delivers on this machine). Each weight vector is widened
-// once and used for up to 4 tokens; U independent accumulator sets per token hide the FMA latency. One
-// horizontal sum per output.
+// halves the bandwidth the hardware prefetcher delivers on this machine; so does a second row to share
+// the x loads). Each weight vector is widened once and used for every token; U independent accumulator
+// sets hide the FMA latency. One horizontal sum per output.
 template <int NT, typename WT>
 void dot_row(float* y, size_t ldy, const float* x, size_t ldx, const WT* row, int k) {
-  constexpr int U = NT == 1 ? 4 : 2;
+  constexpr int U = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   __m512 acc[U][NT];
   for (int u = 0; u < U; ++u)
     for (int t = 0; t < NT; ++t) acc[u][t] = _mm512_setzero_ps();
@@ -124,7 +124,10 @@ void dot_row(float* y, size_t ldy, const float* x, size_t ldx, const WT* row, in
   }
 }
 
-constexpr int kDecodeTokens = 4;
+// Below this many tokens the decode path runs, all tokens in one pass over W; from it on, the packed
+// weight panel is reused enough to pay for packing it.
+constexpr int kPrefillMinTokens = 8;
+constexpr int kDecodeTokens = kPrefillMinTokens - 1;
 
 template <typename WT>
 using DotRowFn = void (*)(float*, size_t, const float*, size_t, const WT*, int);
@@ -134,18 +137,13 @@ constexpr auto dot_row_table(std::integer_sequence<int, NT...>) {
   return std::array<DotRowFn<WT>, sizeof...(NT)>{&dot_row<NT + 1, WT>...};
 }
 
+// n_tokens in [1, kDecodeTokens].
 template <typename WT>
 void matmul_decode(float* y, const float* x, const WT* w, int n_tokens, int in_dim, int out_dim,
                    int row_begin, int row_end) {
   static constexpr auto table = dot_row_table<WT>(std::make_integer_sequence<int, kDecodeTokens>());
   for (int o = row_begin; o < row_end; ++o) {
-    const WT* row = w + static_cast<size_t>(o) * in_dim;
-    // The first token group streams the row from memory; the next ones find it in L1.
-    for (int t = 0; t < n_tokens; t += kDecodeTokens) {
-      const int nt = std::min(kDecodeTokens, n_tokens - t);
-      table[nt - 1](y + static_cast<size_t>(t) * out_dim + o, out_dim, x + static_cast<size_t>(t) * in_dim,
-                    in_dim, row, in_dim);
-    }
+    table[n_tokens - 1](y + o, out_dim, x, in_dim, w + static_cast<size_t>(o) * in_dim, in_dim);
   }
 }
 
@@ -172,6 +170,26 @@ void pack_panel(float* packed, const WT* w, size_t ldw, int rows, int kc) {
       simd::transpose16x16(v);
       for (int j = 0; j < nk; ++j) _mm512_store_ps(packed + (k0 + j) * kPanel + r0, v[j]);
     }
+  }
+}
+
+// Packing reads 32 rows a few cache lines at a time, too scattered for the hardware prefetcher when
+// W streams from DRAM (each expert's weights in a MoE prefill). Requests the lines of a later k-block
+// (or of the next panel's first ones) into L2 ahead of time.
+constexpr int kPrefetchAhead = 2;
+
+template <typename WT>
+void prefetch_panel(const WT* w, int in_dim, int o, int rows, int k, int row_end) {
+  if (k >= in_dim) {  // past this panel: the start of the next one
+    k -= (in_dim + kKc - 1) / kKc * kKc;
+    o += kPanel;
+    rows = std::min(kPanel, row_end - o);
+  }
+  const int bytes = std::min(kKc, in_dim - k) * static_cast<int>(sizeof(WT));
+  if (bytes <= 0) return;
+  for (int r = 0; r < rows; ++r) {
+    const char* p = reinterpret_cast<const char*>(w + static_cast<size_t>(o + r) * in_dim + k);
+    for (int b = 0; b < bytes; b += 64) simd::prefetch_l2(p + b);
   }
 }
 
@@ -211,13 +229,17 @@ void matmul_prefill(float* y, const float* x, const WT* w, int n_tokens, int in_
                     int row_begin, int row_end) {
   static constexpr auto table = gemm_tile_table(std::make_integer_sequence<int, kMr>());
   alignas(64) float packed[kKc * kPanel];
-  for (int k0 = 0; k0 < in_dim; k0 += kKc) {
-    const int kc = std::min(kKc, in_dim - k0);
-    for (int o = row_begin; o < row_end; o += kPanel) {
-      const int rows = std::min(kPanel, row_end - o);
+  // Panel outer, K inner: the panel's 32 rows are read front to back as 32 steady streams, which the
+  // hardware prefetcher keeps up with when W comes from DRAM (a K-outer sweep over all panels would
+  // restart every stream at each k-block).
+  for (int o = row_begin; o < row_end; o += kPanel) {
+    const int rows = std::min(kPanel, row_end - o);
+    const __mmask16 m0 = simd::first_lanes(std::min(rows, 16));
+    const __mmask16 m1 = simd::first_lanes(std::max(rows - 16, 0));
+    for (int k0 = 0; k0 < in_dim; k0 += kKc) {
+      const int kc = std::min(kKc, in_dim - k0);
+      prefetch_panel(w, in_dim, o, rows, k0 + kPrefetchAhead * kKc, row_end);
       pack_panel(packed, w + static_cast<size_t>(o) * in_dim + k0, in_dim, rows, kc);
-      const __mmask16 m0 = simd::first_lanes(std::min(rows, 16));
-      const __mmask16 m1 = simd::first_lanes(std::max(rows - 16, 0));
       for (int t = 0; t < n_tokens; t += kMr) {
         const int mr = std::min(kMr, n_tokens - t);
         table[mr - 1](y + static_cast<size_t>(t) * out_dim + o, out_dim,
@@ -226,9 +248,6 @@ void matmul_prefill(float* y, const float* x, const WT* w, int n_tokens, int in_
     }
   }
 }
-
-// Below this many tokens the weight panel is not reused enough to pay for packing it.
-constexpr int kPrefillMinTokens = 8;
 
 template <typename WT>
 void matmul_avx512(float* y, const float* x, const WT* w, int n_tokens, int in_dim, int out_dim,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates tests/engine/data/golden/*.json: writes each checkpoint with `agentserve make-model`, runs the
 # NumPy reference (tests/reference/qwen3_moe_ref.py) on it, and reduces the logits with reduce_golden.py.
-# Usage: tests/reference/make_engine_golden.sh [BUILD_DIR]   (takes a few minutes; numpy is single-threaded)
+# Usage: [GOLDEN_ONLY="tiny-f32 ..."] tests/reference/make_engine_golden.sh [BUILD_DIR]
+# (a few minutes: the reference recomputes the whole sequence for each greedy token)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/build}/server/agentserve
@@ -23,6 +24,7 @@ medium_config='{"architectures":["Qwen3MoeForCausalLM"],"model_type":"qwen3_moe"
 
 make_one() {  # name, model-description JSON, make-model args...
   local name=$1 desc=$2; shift 2
+  if [ -n "${GOLDEN_ONLY:-}" ] && [[ " $GOLDEN_ONLY " != *" $name "* ]]; then return 0; fi
   echo "golden $name: make-model $*" >&2
   "$bin" make-model --out "$work/$name" "$@" >/dev/null
   /usr/bin/python3 "$root/tests/reference/qwen3_moe_ref.py" --model "$work/$name" --ids "$ids" \

@@ -18,7 +18,7 @@ def main():
     ap.add_argument("--greedy", required=True, help="JSON ids written by qwen3_moe_ref.py --greedy-out")
     ap.add_argument("--ids", required=True, help="the prompt ids, comma separated")
     ap.add_argument("--model", required=True, help="JSON describing how the model was made (make-model args)")
-    ap.add_argument("--column-step", type=int, default=151)
+    ap.add_argument("--column-step", type=int, default=397)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -33,7 +33,7 @@ def main():
         "ids": [int(x) for x in args.ids.split(",")],
         "vocab_size": int(logits.shape[1]),
         "columns": columns,
-        "logits": [[float(v) for v in row[columns]] for row in logits],
+        "logits": [[float("%.8g" % v) for v in row[columns]] for row in logits],
         "top5": top5.tolist(),
         "logit_min": [float(v) for v in logits.min(axis=1)],
         "logit_max": [float(v) for v in logits.max(axis=1)],
