@@ -182,6 +182,11 @@ int run(const Args& args) {
                 tps * bytes / 1e9 / limits.read_gbs);
   }
   if (want("batch")) {
+    // With many sequences a step is compute-bound: every token multiplies through the weights it touches.
+    const double elems = weight_bytes / static_cast<double>(weight_elem_size);
+    const double ceiling = limits.fma_gflops * 1e9 / flops_per_token(cfg, elems, 32);
+    std::printf("compute ceiling for batched decode at the FMA peak: %.0f tok/s (%.0f MFLOP per token)\n", ceiling,
+                flops_per_token(cfg, elems, 32) / 1e6);
     double single = 0;
     for (int n : {1, 4, 16, 64}) {
       if (args.quick && n > 16) break;

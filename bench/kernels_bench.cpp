@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "base/bf16.h"
+#include "bench/machine_limits.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
@@ -26,86 +27,11 @@
 namespace agentserve::kernels {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
-// Best of `reps` timed runs after one warm-up: on a shared machine the minimum is the least disturbed.
-template <typename F>
-double best_seconds(int reps, F&& f) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return best;
-}
+using bench::best_seconds;
+using Roofline = bench::MachineLimits;
 
-// Keeps the compiler from dropping a computed value.
-volatile float g_sink;
-
-struct Roofline {
-  double copy_gbs = 0;  // (read + written bytes) / s
-  double read_gbs = 0;  // read bytes / s
-  double fma_gflops = 0;
-};
-
-Roofline measure_machine(ThreadPool& pool, bool quick) {
-  Roofline r;
-  // 256 MiB per buffer: eight times the 32 MiB L3, so every pass comes from DRAM.
-  const size_t n = (quick ? 64u : 256u) << 18;  // floats
-  std::vector<float> a(n, 1.0f), b(n, 0.0f);
-  const double copy_s = best_seconds(10, [&] {
-    pool.parallel_for(static_cast<int64_t>(n), [&](int64_t begin, int64_t end, int) {
-      std::memcpy(b.data() + begin, a.data() + begin, static_cast<size_t>(end - begin) * sizeof(float));
-    });
-  });
-  r.copy_gbs = 2.0 * n * sizeof(float) / copy_s / 1e9;
-  std::vector<float> partial(static_cast<size_t>(pool.size()));
-  const double read_s = best_seconds(10, [&] {
-    pool.parallel_for(static_cast<int64_t>(n), [&](int64_t begin, int64_t end, int t) {
-      float acc[16] = {};
-      for (int64_t i = begin; i + 16 <= end; i += 16) {
-        for (int l = 0; l < 16; ++l) acc[l] += a[static_cast<size_t>(i + l)];
-      }
-      float s = 0;
-      for (float v : acc) s += v;
-      partial[static_cast<size_t>(t)] = s;
-    });
-  });
-  g_sink = partial[0];
-  r.read_gbs = 1.0 * n * sizeof(float) / read_s / 1e9;
-
-  // FMA peak: 12 independent accumulator chains hide the FMA latency.
-  const int64_t iters = quick ? 2'000'000 : 20'000'000;
-  const double fma_s = best_seconds(5, [&] {
-    pool.parallel_for(pool.size(), [&](int64_t, int64_t, int t) {
-#if defined(__AVX512F__)
-      __m512 acc[12];
-      for (int k = 0; k < 12; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
-      const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-      for (int64_t i = 0; i < iters; ++i) {
-        for (int k = 0; k < 12; ++k) acc[k] = _mm512_fmadd_ps(acc[k], m, c);
-      }
-      __m512 s = acc[0];
-      for (int k = 1; k < 12; ++k) s = _mm512_add_ps(s, acc[k]);
-      partial[static_cast<size_t>(t)] = simd::reduce_add(s);
-#else
-      float acc[12][16];
-      for (int k = 0; k < 12; ++k)
-        for (int l = 0; l < 16; ++l) acc[k][l] = static_cast<float>(k + l);
-      for (int64_t i = 0; i < iters; ++i) {
-        for (int k = 0; k < 12; ++k)
-          for (int l = 0; l < 16; ++l) acc[k][l] = acc[k][l] * 0.999999f + 1e-7f;
-      }
-      partial[static_cast<size_t>(t)] = acc[3][5];
-#endif
-    });
-  });
-  g_sink = partial[0];
-  r.fma_gflops = 2.0 * 16 * 12 * iters * pool.size() / fma_s / 1e9;
-  return r;
-}
+Roofline measure_machine(ThreadPool& pool, bool quick) { return bench::measure_machine_limits(pool, quick); }
 
 // Splits the output rows of one matmul across the pool in 32-row items (the prefill path's panel
 // width), as the engine does.

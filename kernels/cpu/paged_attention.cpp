@@ -111,7 +111,7 @@ void for_each_tile(float* out, const float* q, int n_queries, int n_ctx_first, i
 
 // Pointers to the K and V rows of context tokens [c0, c0 + n); the unused tail repeats the first row so
 // fixed-width loops can read it (its scores are masked out).
-// (One division per chunk: a division per token costs as much as a fifth of the chunk's arithmetic.)
+// Walks the blocks with one division per chunk rather than one per token.
 void chunk_rows(const float** kp, const float** vp, const Geometry& geo, int kv_head, int c0, int n) {
   int block = c0 / geo.block_size;
   int off = c0 - block * geo.block_size;
