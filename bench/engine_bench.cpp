@@ -5,7 +5,7 @@
 //   prefill     prefill tokens/s on a 2,048-token prompt and the fraction of the measured FMA peak
 //   kv          resident memory per 1k tokens of KV against the layout's theoretical size
 //   long        (only when asked) one sequence to --context tokens (default 131072, YaRN), e.g. on tiny
-// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--quick]
+// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--bf16-activations] [--quick]
 // Make the model with: agentserve make-model --preset bench --out models/bench
 #include <algorithm>
 #include <chrono>
@@ -35,6 +35,7 @@ struct Args {
   std::string only;
   bool quick = false;
   int context = 131072;  // --only long: the sequence length to reach
+  bool bf16_activations = false;
 };
 
 size_t matrix_bytes(const engine::WeightMatrix& w) {
@@ -143,6 +144,7 @@ int run(const Args& args) {
   options.n_threads = args.threads;
   options.kv_cache_bytes = size_t{2} << 30;
   options.max_step_tokens = 512;
+  options.bf16_activations = args.bf16_activations;
   auto opened = Engine::open(options);
   if (!opened.ok()) {
     std::fprintf(stderr, "engine_bench: %s\n", opened.status().to_string().c_str());
@@ -163,6 +165,7 @@ int run(const Args& args) {
               "FMA peak %.1f GFLOP/s\n",
               std::thread::hardware_concurrency(), args.threads, limits.copy_gbs, limits.read_gbs,
               limits.fma_gflops);
+  std::printf("arithmetic: %s\n", args.bf16_activations ? "BF16 activations for batched rows (8+)" : "f32");
   std::printf("model: %s | %d layers, hidden %lld, %d experts top-%d, weights %s | %.1f MB touched per token\n",
               args.model.c_str(), cfg.num_hidden_layers, static_cast<long long>(cfg.hidden_size), cfg.num_experts,
               cfg.num_experts_per_tok, weight_elem_size == 2 ? "bf16" : "f32", weight_bytes / 1e6);
@@ -263,8 +266,9 @@ int main(int argc, char** argv) {
     else if (a == "--only" && i + 1 < argc) args.only = argv[++i];
     else if (a == "--quick") args.quick = true;
     else if (a == "--context" && i + 1 < argc) args.context = std::stoi(argv[++i]);
+    else if (a == "--bf16-activations") args.bf16_activations = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--quick]\n");
+      std::fprintf(stderr, "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--bf16-activations] [--quick]\n");
       return 2;
     }
   }

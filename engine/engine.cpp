@@ -73,7 +73,8 @@ Status Engine::init(const EngineOptions& options) {
   const int n_threads = options.n_threads > 0 ? options.n_threads
                                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(n_threads);
-  model_ = std::make_unique<Qwen3MoeModel>(config_, *weights_, *pool_, options.max_step_tokens);
+  model_ = std::make_unique<Qwen3MoeModel>(config_, *weights_, *pool_, options.max_step_tokens,
+                                           options.bf16_activations);
 
   const memory::KvLayout layout{.n_layers = config_.num_hidden_layers,
                                 .n_kv_heads = config_.num_key_value_heads,

@@ -43,6 +43,9 @@ struct EngineOptions {
   int max_running = 64;                     // sequences decoded together
   int max_context = 0;                      // 0 = the model's max_position_embeddings
   int max_waiting = 4096;                   // queued requests beyond which submit() refuses
+  // BF16 dot products for batched rows of BF16 weights (Qwen3MoeModel): about 2x prefill and batched
+  // decode throughput on AVX512_BF16 CPUs, at a 2^-8 relative rounding of activations.
+  bool bf16_activations = false;
   // Identifies the weights in prefix-cache keys. Empty: derived from the checkpoint (weight manifest).
   std::string model_fingerprint;
 };

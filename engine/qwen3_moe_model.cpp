@@ -34,8 +34,12 @@ double ExpertLoad::imbalance(int layer) const {
 }
 
 Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool,
-                             int max_step_tokens)
-    : config_(config), weights_(weights), pool_(pool), max_step_tokens_(std::max(1, max_step_tokens)) {
+                             int max_step_tokens, bool bf16_activations)
+    : config_(config),
+      weights_(weights),
+      pool_(pool),
+      max_step_tokens_(std::max(1, max_step_tokens)),
+      bf16_activations_(bf16_activations) {
   std::optional<kernels::YarnScaling> yarn;
   if (config.rope_scaling) {
     yarn = kernels::YarnScaling{.factor = config.rope_scaling->factor,
@@ -75,6 +79,7 @@ Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weig
   grouped_act_.resize(grouped_rows * widest_mlp * 2);
   grouped_out_.resize(grouped_rows * hidden);
   moe_out_.resize(t * hidden);
+  if (bf16_activations_) x_bf16_.resize(std::max({t * hidden, t * q_dim, grouped_rows * hidden, grouped_rows * widest_mlp}));
 
   expert_load_.n_layers = config.num_hidden_layers;
   expert_load_.n_experts = config.num_experts;
@@ -119,14 +124,30 @@ Status Qwen3MoeModel::check_chunks(std::span<const ForwardChunk> chunks, const m
   return {};
 }
 
+void Qwen3MoeModel::convert_to_bf16_scratch(const float* x, size_t n) {
+  constexpr int64_t kPerItem = 1 << 14;
+  pool_.parallel_for((static_cast<int64_t>(n) + kPerItem - 1) / kPerItem, [&](int64_t begin, int64_t end, int) {
+    const size_t first = sz(begin * kPerItem);
+    const size_t last = std::min(n, sz(end * kPerItem));
+    kernels::convert_activations_bf16(x_bf16_.data() + first, x + first, last - first);
+  });
+}
+
 void Qwen3MoeModel::parallel_matmul(float* y, const float* x, const WeightMatrix& w, int n_tokens) {
   const int out_dim = static_cast<int>(w.rows);
   const int in_dim = static_cast<int>(w.cols);
   const int64_t items = (out_dim + kRowsPerItem - 1) / kRowsPerItem;
+  const bool bf16_path = use_bf16_activations(w, n_tokens);
+  if (bf16_path) convert_to_bf16_scratch(x, sz(n_tokens) * sz(in_dim));
   pool_.parallel_for(items, [&](int64_t begin, int64_t end, int) {
     const int row_begin = static_cast<int>(begin) * kRowsPerItem;
     const int row_end = std::min(out_dim, static_cast<int>(end) * kRowsPerItem);
-    kernels::matmul(y, x, w.data, w.dtype, n_tokens, in_dim, out_dim, row_begin, row_end);
+    if (bf16_path) {
+      kernels::matmul_bf16_activations(y, x_bf16_.data(), static_cast<const bf16*>(w.data), n_tokens, in_dim,
+                                       out_dim, row_begin, row_end);
+    } else {
+      kernels::matmul(y, x, w.data, w.dtype, n_tokens, in_dim, out_dim, row_begin, row_end);
+    }
   });
 }
 
@@ -342,6 +363,18 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
   const int inter = static_cast<int>(experts[0].gate_proj.rows);
   float* gate_out = grouped_act_.data();
   float* up_out = grouped_act_.data() + sz(n_rows) * sz(inter);
+  const bool bf16_path = bf16_activations_ && experts[0].gate_proj.dtype == kernels::DType::kBF16;
+  if (bf16_path) convert_to_bf16_scratch(grouped_x_.data(), sz(n_rows) * sz(hidden));
+  // Experts with few rows stay on the f32 path (memory-bound there, nothing to gain from BF16 math).
+  auto expert_matmul = [&](float* y, const float* x, size_t x_offset, const WeightMatrix& w, int n, int in_dim,
+                           int out_dim, int row_begin, int row_end) {
+    if (bf16_path && n >= kBf16ActivationMinTokens) {
+      kernels::matmul_bf16_activations(y, x_bf16_.data() + x_offset, static_cast<const bf16*>(w.data), n, in_dim,
+                                       out_dim, row_begin, row_end);
+    } else {
+      kernels::matmul(y, x, w.data, w.dtype, n, in_dim, out_dim, row_begin, row_end);
+    }
+  };
   build_items([](const LayerExpert& e) { return static_cast<int>(e.gate_proj.rows); });
   pool_.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t begin, int64_t end, int) {
     for (int64_t i = begin; i < end; ++i) {
@@ -352,8 +385,9 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
       float* g = gate_out + sz(first) * sz(inter);
       float* u = up_out + sz(first) * sz(inter);
       const float* x = &grouped_x_[sz(first) * sz(hidden)];
-      kernels::matmul(g, x, ex.gate_proj.data, ex.gate_proj.dtype, n, hidden, inter, it.row_begin, it.row_end);
-      kernels::matmul(u, x, ex.up_proj.data, ex.up_proj.dtype, n, hidden, inter, it.row_begin, it.row_end);
+      const size_t x_offset = sz(first) * sz(hidden);
+      expert_matmul(g, x, x_offset, ex.gate_proj, n, hidden, inter, it.row_begin, it.row_end);
+      expert_matmul(u, x, x_offset, ex.up_proj, n, hidden, inter, it.row_begin, it.row_end);
       for (int t = 0; t < n; ++t) {
         const size_t off = sz(t) * sz(inter) + sz(it.row_begin);
         kernels::silu_mul(g + off, g + off, u + off, sz(it.row_end - it.row_begin));
@@ -361,6 +395,7 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
     }
   });
   // Phase 2: down projections back to hidden size.
+  if (bf16_path) convert_to_bf16_scratch(gate_out, sz(n_rows) * sz(inter));
   build_items([](const LayerExpert& e) { return static_cast<int>(e.down_proj.rows); });
   pool_.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t begin, int64_t end, int) {
     for (int64_t i = begin; i < end; ++i) {
@@ -368,8 +403,8 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
       const LayerExpert& ex = experts[sz(it.expert)];
       const int first = group_offsets[sz(it.expert)];
       const int n = group_offsets[sz(it.expert) + 1] - first;
-      kernels::matmul(&grouped_out_[sz(first) * sz(hidden)], gate_out + sz(first) * sz(inter), ex.down_proj.data,
-                      ex.down_proj.dtype, n, inter, hidden, it.row_begin, it.row_end);
+      expert_matmul(&grouped_out_[sz(first) * sz(hidden)], gate_out + sz(first) * sz(inter), sz(first) * sz(inter),
+                    ex.down_proj, n, inter, hidden, it.row_begin, it.row_end);
     }
   });
 }
