@@ -11,5 +11,6 @@ void add_tokenize_commands(CLI::App& app, int& exit_code);  // tokenize, detoken
 void add_generate_commands(CLI::App& app, int& exit_code);  // generate, score
 void add_make_model_command(CLI::App& app, int& exit_code);
 void add_verify_weights_command(CLI::App& app, int& exit_code);
+void add_render_command(CLI::App& app, int& exit_code);  // the Qwen3 chat prompt of a conversation
 
 }  // namespace agentserve::cli
