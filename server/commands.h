@@ -12,5 +12,6 @@ void add_generate_commands(CLI::App& app, int& exit_code);  // generate, score
 void add_make_model_command(CLI::App& app, int& exit_code);
 void add_verify_weights_command(CLI::App& app, int& exit_code);
 void add_render_command(CLI::App& app, int& exit_code);  // the Qwen3 chat prompt of a conversation
+void add_serve_command(CLI::App& app, int& exit_code);
 
 }  // namespace agentserve::cli

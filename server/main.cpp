@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   agentserve::cli::add_make_model_command(app, exit_code);
   agentserve::cli::add_verify_weights_command(app, exit_code);
   agentserve::cli::add_render_command(app, exit_code);
+  agentserve::cli::add_serve_command(app, exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -1,0 +1,111 @@
+// KvStore: the T2 tier, KV blocks spilled to the `kv` column family of the RocksDbStore. Blocks are a
+// cache: writes are batched and not synced (a crash may lose the latest ones, which costs recompute), and
+// every read is verified by the block codec; a block that fails verification is deleted and reported as
+// Corruption (or FailedPrecondition for an intact block of another model or layout), never returned.
+// Writes skip the WAL unless StoreOptions::kv_write_wal (rocksdb_store.h says why).
+//
+// Disk quota, LRU by last use. Each block has two records in the family:
+//   'b' + key(16 bytes, big-endian hi then lo) -> encoded block (kv_block_codec.h)
+//   'm' + key                                  -> u64 LE encoded size, u64 LE last-use tick
+// written and deleted together in one WriteBatch. The 'm' records are small, so open() rebuilds the
+// in-memory LRU and the usage total by scanning only them (never the blobs). A hit stores its new tick
+// with a 17+16-byte Put, so the order survives a restart up to the hits not yet flushed. When a write
+// would pass the quota, the least recently used blocks not in the batch are deleted in the same WriteBatch;
+// if the batch cannot fit even then, nothing is written and the call returns ResourceExhausted.
+// The quota counts encoded value bytes, not files: a deleted block's blob space comes back when blob
+// garbage collection rewrites or drops its file during compaction, so the folder can run above the quota
+// for a while.
+//
+// Thread-safe: one mutex guards the index and is held across each write (RocksDB serializes writes
+// anyway); the RocksDB read, verification and copy of get() run outside it.
+// This module knows bytes and shapes, never models.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "base/status.h"
+#include "memory/block_key.h"
+#include "memory/kv_block_codec.h"
+#include "memory/rocksdb_store.h"
+
+namespace agentserve::memory {
+
+struct KvSpillBlock {
+  BlockKey key;
+  std::span<const int32_t> tokens;     // the block's token ids (stored in the header, checked on load)
+  std::span<const std::byte> payload;  // layout.block_bytes() bytes of K/V
+};
+
+struct KvStoreCounters {
+  int64_t hits = 0;
+  int64_t misses = 0;
+  int64_t bytes_written = 0;     // encoded bytes put
+  int64_t bytes_read = 0;        // encoded bytes read by get (hits and rejected blocks)
+  int64_t dropped_corrupt = 0;   // failed the checksum or the header's own consistency
+  int64_t dropped_mismatch = 0;  // intact but another model, layout, version, key or tokens
+  int64_t evictions = 0;
+  int64_t quota_refusals = 0;
+};
+
+class KvStore {
+ public:
+  // Scans the 'm' records to rebuild the LRU; `store` must outlive the KvStore.
+  static Result<std::unique_ptr<KvStore>> open(RocksDbStore& store, const KvBlockFormat& format,
+                                               uint64_t quota_bytes);
+
+  // Writes all blocks as one unsynced WriteBatch, evicting LRU blocks to stay within the quota. A key
+  // already stored is replaced. ResourceExhausted (and nothing written) when the batch alone passes the
+  // quota; InvalidArgument when a block does not match the format.
+  Status put_batch(std::span<const KvSpillBlock> blocks);
+
+  // Copies the verified payload of `key` into `out` (layout.block_bytes() bytes) and marks it used.
+  // `tokens`, when non-empty, must equal the stored token ids. NotFound on a miss; Corruption or
+  // FailedPrecondition for a rejected block, which is deleted.
+  Status get(const BlockKey& key, std::span<const int32_t> tokens, std::span<std::byte> out);
+
+  bool contains(const BlockKey& key) const;
+  // Deletes the block if present; OK either way.
+  Status erase(const BlockKey& key);
+
+  uint64_t usage_bytes() const;
+  uint64_t quota_bytes() const { return quota_; }
+  size_t num_blocks() const;
+  KvStoreCounters counters() const;
+  const KvBlockFormat& format() const { return format_; }
+
+ private:
+  struct Entry {
+    uint64_t size = 0;
+    uint64_t tick = 0;
+    std::list<BlockKey>::iterator lru_pos;  // lru_ front = least recently used
+  };
+
+  KvStore(RocksDbStore& store, const KvBlockFormat& format, uint64_t quota);
+  Status load_index();
+  void touch_locked(Entry& e, const BlockKey& key);
+  using Index = std::unordered_map<BlockKey, Entry>;
+  Status drop_if_unchanged(const BlockKey& key, uint64_t tick);
+  Status erase_locked(Index::iterator it);
+
+  RocksDbStore& store_;
+  rocksdb::ColumnFamilyHandle* cf_;
+  KvBlockFormat format_;
+  uint64_t quota_;
+  rocksdb::WriteOptions write_options_;
+  rocksdb::ReadOptions read_options_;
+
+  mutable std::mutex mu_;
+  Index index_;
+  std::list<BlockKey> lru_;
+  uint64_t usage_ = 0;
+  uint64_t next_tick_ = 1;
+  KvStoreCounters counters_;
+};
+
+}  // namespace agentserve::memory

@@ -1,0 +1,48 @@
+// HttpServer: the one listening port of `agentserve serve`. It accepts TCP connections on N io threads,
+// reads one HTTP request per connection, answers the plain routes (/healthz, /readyz, /metrics, /v1/models,
+// a JSON 404 otherwise) and hands WebSocket upgrades on /v1/ws to a WsSession. run() blocks until SIGINT,
+// SIGTERM or shutdown(): then it stops accepting, cancels running responses, lets their response.done go out,
+// closes the sockets (within ServerOptions::shutdown_grace) and returns.
+//
+// It must never listen on a non-loopback address (API keys come in a later step), and never let a client
+// end the process. Boost.Beast stays out of this header so only the transport's .cpp files compile it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "engine/engine.h"
+#include "server/metrics.h"
+#include "server/server_options.h"
+
+namespace agentserve::server {
+
+class HttpServer {
+ public:
+  // Binds and listens (port 0 picks a free port). `engine` and `metrics` must outlive the server, and the
+  // engine must be destroyed after run() returned (its last callbacks post to the server's io context).
+  static Result<std::unique_ptr<HttpServer>> start(const ServerOptions& options, engine::Engine& engine,
+                                                   Metrics& metrics, std::string model_name);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // The checks start() makes before binding: io_threads >= 1, host an IP address (or "localhost") on
+  // loopback.
+  static Status check_options(const ServerOptions& options);
+
+  uint16_t port() const;
+  // Serves on options.io_threads threads until a signal or shutdown(); returns after the graceful stop.
+  void run();
+  // Thread-safe; returns at once (run() does the waiting).
+  void shutdown();
+
+ private:
+  struct Impl;
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace agentserve::server

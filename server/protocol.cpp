@@ -1,0 +1,368 @@
+#include "server/protocol.h"
+
+#include <array>
+#include <cstdio>
+#include <limits>
+#include <mutex>
+#include <random>
+
+namespace agentserve::server {
+namespace {
+
+using nlohmann::json;
+
+ProtocolError bad(std::string code, std::string message, std::string param) {
+  return ProtocolError{"invalid_request_error", std::move(code), std::move(message), std::move(param), ""};
+}
+
+ProtocolError wrong_type(const std::string& param, const char* expected) {
+  return bad("invalid_type", "'" + param + "' must be " + expected, param);
+}
+
+// Reads an optional string field; a present field of another type or past max_bytes is an error.
+std::optional<ProtocolError> read_string(const json& object, const char* key, const std::string& param,
+                                         size_t max_bytes, std::string& out) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string()) return wrong_type(param, "a string");
+  const auto& value = it->get_ref<const std::string&>();
+  if (value.size() > max_bytes)
+    return bad("string_too_long", "'" + param + "' is longer than " + std::to_string(max_bytes) + " bytes",
+               param);
+  out = value;
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> read_number(const json& object, const char* key, const std::string& prefix,
+                                         double& out) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number()) return wrong_type(prefix + "." + key, "a number");
+  out = it->get<double>();
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> read_int(const json& object, const char* key, const std::string& prefix,
+                                      int64_t lo, int64_t hi, int64_t& out) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::nullopt;
+  const std::string param = prefix + "." + key;
+  if (!it->is_number_integer()) return wrong_type(param, "an integer");
+  // Unsigned values past int64 are out of range whatever the bounds.
+  if (it->is_number_unsigned() &&
+      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return bad("invalid_value", "'" + param + "' is out of range", param);
+  const int64_t value = it->get<int64_t>();
+  if (value < lo || value > hi)
+    return bad("invalid_value",
+               "'" + param + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                   std::to_string(value),
+               param);
+  out = value;
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> read_stop(const json& sampling, const std::string& prefix,
+                                       std::vector<std::string>& out) {
+  const auto it = sampling.find("stop");
+  if (it == sampling.end() || it->is_null()) return std::nullopt;
+  const std::string param = prefix + ".stop";
+  if (it->is_string()) {
+    out = {it->get<std::string>()};
+    return std::nullopt;
+  }
+  if (!it->is_array()) return wrong_type(param, "a string or an array of strings");
+  // validate() checks count and lengths; cap what we copy before that so a huge array costs nothing.
+  if (it->size() > engine::SamplingParams::kMaxStopStrings)
+    return bad("invalid_value",
+               "'" + param + "' has more than " + std::to_string(engine::SamplingParams::kMaxStopStrings) +
+                   " strings",
+               param);
+  std::vector<std::string> stops;
+  for (const auto& s : *it) {
+    if (!s.is_string()) return wrong_type(param, "a string or an array of strings");
+    stops.push_back(s.get<std::string>());
+  }
+  out = std::move(stops);
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> parse_session_create(const json& event, const ServerOptions& options,
+                                                  int vocab_size, SessionConfig& config) {
+  config.sampling.max_tokens = options.default_max_tokens;
+  const auto it = event.find("session");
+  if (it == event.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) return wrong_type("session", "an object");
+  if (auto e = read_string(*it, "agent_id", "session.agent_id", 256, config.agent_id)) return e;
+  if (auto e = read_string(*it, "instructions", "session.instructions", options.max_content_bytes,
+                           config.instructions))
+    return e;
+  const auto sampling = it->find("sampling");
+  if (sampling == it->end() || sampling->is_null()) return std::nullopt;
+  return apply_sampling(*sampling, "session.sampling", options, vocab_size, config.sampling);
+}
+
+std::optional<ProtocolError> parse_item(const json& event, const ServerOptions& options,
+                                        ConversationMessage& item) {
+  const auto it = event.find("item");
+  if (it == event.end() || it->is_null()) return bad("missing_field", "'item' is required", "item");
+  if (!it->is_object()) return wrong_type("item", "an object");
+  std::string type = "message";
+  if (auto e = read_string(*it, "type", "item.type", 64, type)) return e;
+  if (type != "message")
+    return bad("invalid_value", "'item.type' must be \"message\" (function_call_output comes with tools)",
+               "item.type");
+  if (!it->contains("role")) return bad("missing_field", "'item.role' is required", "item.role");
+  if (auto e = read_string(*it, "role", "item.role", 64, item.role)) return e;
+  if (item.role != "user" && item.role != "assistant" && item.role != "system")
+    return bad("invalid_value", "'item.role' must be user, assistant or system", "item.role");
+  if (!it->contains("content") || (*it)["content"].is_null())
+    return bad("missing_field", "'item.content' is required", "item.content");
+  return read_string(*it, "content", "item.content", options.max_content_bytes, item.content);
+}
+
+std::optional<ProtocolError> parse_response_create(const json& event, const ServerOptions& options,
+                                                   int vocab_size, ClientEvent& out) {
+  const auto it = event.find("response");
+  if (it == event.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) return wrong_type("response", "an object");
+  const auto sampling = it->find("sampling");
+  if (sampling == it->end() || sampling->is_null()) return std::nullopt;
+  if (!sampling->is_object()) return wrong_type("response.sampling", "an object");
+  // Checked here against defaults so a bad value is reported now; applied later over the session's.
+  engine::SamplingParams probe;
+  if (auto e = apply_sampling(*sampling, "response.sampling", options, vocab_size, probe)) return e;
+  out.sampling_override = *sampling;
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> parse_by_type(const std::string& type, const json& event,
+                                           const ServerOptions& options, int vocab_size, ClientEvent& out) {
+  if (type == "session.create") {
+    out.type = ClientEventType::kSessionCreate;
+    return parse_session_create(event, options, vocab_size, out.session);
+  }
+  if (type == "session.delete") {
+    out.type = ClientEventType::kSessionDelete;
+    return std::nullopt;
+  }
+  if (type == "conversation.item.create") {
+    out.type = ClientEventType::kConversationItemCreate;
+    return parse_item(event, options, out.item);
+  }
+  if (type == "response.create") {
+    out.type = ClientEventType::kResponseCreate;
+    return parse_response_create(event, options, vocab_size, out);
+  }
+  if (type == "response.cancel") {
+    out.type = ClientEventType::kResponseCancel;
+    return read_string(event, "response_id", "response_id", 128, out.response_id);
+  }
+  if (type == "ping") {
+    out.type = ClientEventType::kPing;
+    return std::nullopt;
+  }
+  return bad("unknown_event", "unknown event type '" + type + "'", "type");
+}
+
+}  // namespace
+
+std::optional<ProtocolError> apply_sampling(const json& sampling, const std::string& param_prefix,
+                                            const ServerOptions& options, int vocab_size,
+                                            engine::SamplingParams& params) {
+  if (!sampling.is_object()) return wrong_type(param_prefix, "an object");
+  const std::string& p = param_prefix;
+  if (auto e = read_number(sampling, "temperature", p, params.temperature)) return e;
+  if (auto e = read_number(sampling, "top_p", p, params.top_p)) return e;
+  if (auto e = read_number(sampling, "min_p", p, params.min_p)) return e;
+  if (auto e = read_number(sampling, "presence_penalty", p, params.presence_penalty)) return e;
+  if (auto e = read_number(sampling, "frequency_penalty", p, params.frequency_penalty)) return e;
+  if (auto e = read_number(sampling, "repetition_penalty", p, params.repetition_penalty)) return e;
+  int64_t top_k = params.top_k;
+  if (auto e = read_int(sampling, "top_k", p, 0, std::numeric_limits<int32_t>::max(), top_k)) return e;
+  params.top_k = static_cast<int>(top_k);
+  int64_t max_tokens = params.max_tokens;
+  if (auto e = read_int(sampling, "max_tokens", p, 1, options.max_tokens_limit, max_tokens)) return e;
+  params.max_tokens = static_cast<int>(max_tokens);
+  if (sampling.contains("seed") && !sampling["seed"].is_null()) {
+    int64_t seed = 0;
+    if (auto e = read_int(sampling, "seed", p, 0, std::numeric_limits<int64_t>::max(), seed)) return e;
+    params.seed = static_cast<uint64_t>(seed);
+  }
+  if (auto e = read_stop(sampling, p, params.stop)) return e;
+  const Status valid = params.validate(vocab_size);
+  if (!valid.ok()) {
+    // validate() names the field first ("sampling.top_p must be ..."); point param at the client's field.
+    const std::string& message = valid.message();
+    std::string param = p;
+    if (message.starts_with("sampling.")) param += message.substr(8, message.find(' ') - 8);
+    return bad("invalid_value", message, param);
+  }
+  return std::nullopt;
+}
+
+ParseResult parse_client_event(std::string_view text, const ServerOptions& options, int vocab_size) {
+  if (text.size() > options.max_message_bytes)
+    return bad("message_too_large",
+               "message of " + std::to_string(text.size()) + " bytes is over the limit of " +
+                   std::to_string(options.max_message_bytes),
+               "");
+  const json event = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (event.is_discarded()) return bad("invalid_json", "the message is not valid JSON", "");
+  if (!event.is_object()) return bad("invalid_json", "the message must be a JSON object", "");
+  ClientEvent out;
+  if (auto e = read_string(event, "event_id", "event_id", 128, out.event_id)) return *e;
+  const auto with_id = [&](ProtocolError error) {
+    error.event_id = out.event_id;
+    return error;
+  };
+  const auto type = event.find("type");
+  if (type == event.end()) return with_id(bad("missing_field", "'type' is required", "type"));
+  if (!type->is_string()) return with_id(wrong_type("type", "a string"));
+  if (auto e = read_string(event, "session_id", "session_id", 128, out.session_id)) return with_id(*e);
+  if (auto e = parse_by_type(type->get<std::string>(), event, options, vocab_size, out)) return with_id(*e);
+  return out;
+}
+
+std::vector<PromptPiece> render_plain_conversation(const std::string& instructions,
+                                                   const std::vector<ConversationMessage>& messages) {
+  std::vector<PromptPiece> pieces;
+  const auto add_message = [&](const std::string& role, const std::string& content) {
+    pieces.push_back({"<|im_start|>" + role + "\n", true});
+    pieces.push_back({content, false});
+    pieces.push_back({"<|im_end|>\n", true});
+  };
+  if (!instructions.empty()) add_message("system", instructions);
+  for (const auto& m : messages) add_message(m.role, m.content);
+  pieces.push_back({"<|im_start|>assistant\n", true});
+  return pieces;
+}
+
+std::string make_id(std::string_view prefix) {
+  static std::mutex mutex;
+  static std::mt19937_64 rng{std::random_device{}()};
+  uint64_t a, b;
+  {
+    std::lock_guard lock(mutex);
+    a = rng();
+    b = rng();
+  }
+  std::array<char, 32> hex{};
+  std::snprintf(hex.data(), hex.size(), "%016llx%08llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b & 0xffffffffu));
+  return std::string(prefix) + hex.data();
+}
+
+json error_event(const ProtocolError& error) {
+  return {{"type", "error"},
+          {"error",
+           {{"type", error.type},
+            {"code", error.code},
+            {"message", error.message},
+            {"param", error.param.empty() ? json(nullptr) : json(error.param)},
+            {"event_id", error.event_id.empty() ? json(nullptr) : json(error.event_id)}}}};
+}
+
+json session_created_event(const std::string& session_id, const SessionConfig& config) {
+  const auto& s = config.sampling;
+  json sampling = {{"temperature", s.temperature},
+                   {"top_p", s.top_p},
+                   {"top_k", s.top_k},
+                   {"max_tokens", s.max_tokens},
+                   {"stop", s.stop}};
+  sampling["seed"] = s.seed ? json(*s.seed) : json(nullptr);
+  return {{"type", "session.created"},
+          {"session",
+           {{"id", session_id},
+            {"object", "session"},
+            {"agent_id", config.agent_id},
+            {"instructions", config.instructions},
+            {"sampling", sampling}}}};
+}
+
+json session_deleted_event(const std::string& session_id) {
+  return {{"type", "session.deleted"}, {"session_id", session_id}};
+}
+
+json item_created_event(const std::string& session_id, const std::string& item_id,
+                        const ConversationMessage& item) {
+  return {{"type", "conversation.item.created"},
+          {"session_id", session_id},
+          {"item", {{"id", item_id}, {"type", "message"}, {"role", item.role}, {"content", item.content}}}};
+}
+
+json response_created_event(const std::string& session_id, const std::string& response_id) {
+  return {{"type", "response.created"},
+          {"session_id", session_id},
+          {"response_id", response_id},
+          {"response", {{"id", response_id}, {"status", "in_progress"}}}};
+}
+
+json text_delta_event(const std::string& response_id, const std::string& delta) {
+  return {{"type", "response.output_text.delta"}, {"response_id", response_id}, {"delta", delta}};
+}
+
+json text_done_event(const std::string& response_id, const std::string& text) {
+  return {{"type", "response.output_text.done"}, {"response_id", response_id}, {"text", text}};
+}
+
+json response_done_event(const std::string& session_id, const std::string& response_id,
+                         std::string_view status, const engine::Usage& usage,
+                         const std::optional<ProtocolError>& error) {
+  json response = {
+      {"id", response_id},
+      {"status", status},
+      {"usage",
+       {{"prompt_tokens", usage.prompt_tokens},
+        {"cached_tokens", usage.cached_tokens},
+        {"completion_tokens", usage.completion_tokens}}},
+      {"timings",
+       {{"time_to_first_token_s", usage.time_to_first_token_s}, {"total_time_s", usage.total_time_s}}}};
+  if (error) response["error"] = error_event(*error)["error"];
+  return {{"type", "response.done"},
+          {"session_id", session_id},
+          {"response_id", response_id},
+          {"response", response}};
+}
+
+json pong_event(const std::string& client_event_id) {
+  json pong = {{"type", "pong"}};
+  if (!client_event_id.empty()) pong["reply_to"] = client_event_id;
+  return pong;
+}
+
+std::string_view response_status(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kStop:
+      return "completed";
+    case engine::FinishReason::kLength:
+      return "incomplete";
+    case engine::FinishReason::kCancelled:
+      return "cancelled";
+    case engine::FinishReason::kError:
+    case engine::FinishReason::kNone:
+      break;
+  }
+  return "failed";
+}
+
+ProtocolError error_from_status(const Status& status, std::string code, std::string param) {
+  ProtocolError error;
+  error.code = std::move(code);
+  error.message = status.message();
+  error.param = std::move(param);
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kOutOfRange:
+      error.type = "invalid_request_error";
+      break;
+    case StatusCode::kResourceExhausted:
+      error.type = "server_busy_error";
+      break;
+    default:
+      error.type = "server_error";
+  }
+  return error;
+}
+
+}  // namespace agentserve::server

@@ -1,0 +1,119 @@
+// The WebSocket protocol's data layer (docs/protocol.md is the normative spec): parsing and validating a
+// client event from one JSON text frame, building each server event, the `error` event every bad input gets,
+// and render_plain_conversation, which turns a conversation into the prompt text until the chat template
+// takes over. Pure functions over strings and JSON: no sockets, no engine calls, no server state. A parse
+// never throws and never trusts a field's presence or type; every rejection names the field in `param`.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/status.h"
+#include "engine/request.h"
+#include "engine/sampling_params.h"
+#include "server/server_options.h"
+
+namespace agentserve::server {
+
+// What the `error` event carries: {type, code, message, param, event_id}. `event_id` is the client event's
+// own event_id when it sent one, so a client can match the error to its request.
+struct ProtocolError {
+  std::string type = "invalid_request_error";  // or "server_error"
+  std::string code;
+  std::string message;
+  std::string param;  // the offending field (dotted path), empty when none applies
+  std::string event_id;
+};
+
+enum class ClientEventType {
+  kSessionCreate,
+  kSessionDelete,
+  kConversationItemCreate,
+  kResponseCreate,
+  kResponseCancel,
+  kPing,
+};
+
+struct ConversationMessage {
+  std::string role;  // system | user | assistant
+  std::string content;
+};
+
+struct SessionConfig {
+  std::string agent_id;
+  std::string instructions;  // rendered as the system message
+  engine::SamplingParams sampling;
+};
+
+// One parsed client event; only the fields of its type are meaningful.
+struct ClientEvent {
+  ClientEventType type = ClientEventType::kPing;
+  std::string event_id;
+  std::string session_id;    // optional on every session-scoped event: default is the newest session
+  SessionConfig session;     // session.create
+  ConversationMessage item;  // conversation.item.create
+  // response.create: response.sampling fields override the session's for this response only.
+  nlohmann::json sampling_override = nlohmann::json::object();
+  std::string response_id;  // response.cancel (optional: default is the running response)
+};
+
+using ParseResult = std::variant<ClientEvent, ProtocolError>;
+
+// Parses one text frame. `vocab_size` bounds sampling values that name tokens; `options` bounds sizes.
+ParseResult parse_client_event(std::string_view text, const ServerOptions& options, int vocab_size);
+
+// Applies a `sampling` object's fields (temperature, top_p, top_k, min_p, max_tokens, seed, stop,
+// presence_penalty, frequency_penalty, repetition_penalty) onto `params`, then validates the result
+// (engine::SamplingParams::validate, and max_tokens <= options.max_tokens_limit). `param_prefix` names
+// the object in errors ("session.sampling").
+std::optional<ProtocolError> apply_sampling(const nlohmann::json& sampling, const std::string& param_prefix,
+                                            const ServerOptions& options, int vocab_size,
+                                            engine::SamplingParams& params);
+
+// One piece of a rendered prompt. Markup pieces (the role headers and <|im_end|>) are tokenized with
+// special tokens recognised; content pieces are tokenized as plain text, so a client who types
+// "<|im_end|>" in a message cannot forge a turn boundary.
+struct PromptPiece {
+  std::string text;
+  bool markup = false;
+};
+
+// Qwen3's format for plain messages (no tools, no thinking): "<|im_start|>role\ncontent<|im_end|>\n" per
+// message (instructions first as the system message when non-empty), then "<|im_start|>assistant\n".
+// The one place to swap in agent/chat_template once it lands.
+std::vector<PromptPiece> render_plain_conversation(const std::string& instructions,
+                                                   const std::vector<ConversationMessage>& messages);
+
+// A random id with the given prefix ("s_", "r_", "item_", "evt_"): prefix + 24 hex digits.
+std::string make_id(std::string_view prefix);
+
+// Server events without the envelope fields event_id and seq (ws_session stamps those when it sends).
+nlohmann::json error_event(const ProtocolError& error);
+nlohmann::json session_created_event(const std::string& session_id, const SessionConfig& config);
+nlohmann::json session_deleted_event(const std::string& session_id);
+nlohmann::json item_created_event(const std::string& session_id, const std::string& item_id,
+                                  const ConversationMessage& item);
+nlohmann::json response_created_event(const std::string& session_id, const std::string& response_id);
+nlohmann::json text_delta_event(const std::string& response_id, const std::string& delta);
+nlohmann::json text_done_event(const std::string& response_id, const std::string& text);
+// status: completed | cancelled | failed | incomplete. `error` is set for failed.
+nlohmann::json response_done_event(const std::string& session_id, const std::string& response_id,
+                                   std::string_view status, const engine::Usage& usage,
+                                   const std::optional<ProtocolError>& error);
+nlohmann::json pong_event(const std::string& client_event_id);
+
+// The response.done status for an engine finish: kStop -> completed, kLength -> incomplete,
+// kCancelled -> cancelled, kError/kNone -> failed.
+std::string_view response_status(engine::FinishReason reason);
+
+// A Status from the engine or a limit, as the error a client sees (InvalidArgument/OutOfRange ->
+// invalid_request_error, ResourceExhausted -> server_busy_error, others server_error).
+ProtocolError error_from_status(const Status& status, std::string code, std::string param = "");
+
+}  // namespace agentserve::server

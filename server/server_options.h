@@ -1,0 +1,42 @@
+// ServerOptions: every knob of the WebSocket/HTTP transport with its documented default, and the limit on
+// everything a client controls (bytes per message, sessions per connection, items per session, max_tokens,
+// queued outgoing bytes). `agentserve serve` fills it from the command line in one place. It must never
+// hold runtime state; the server reads it once at start.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace agentserve::server {
+
+struct ServerOptions {
+  // Loopback only until API keys exist: the server refuses any other address.
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;  // 0 = any free port (the bound port is printed and returned by HttpServer::port())
+  int io_threads = 2;
+
+  // A WebSocket text message up to this size is processed. A larger one, up to kHardMessageFactor times
+  // this, gets a `message_too_large` error event and the connection goes on; past that the connection is
+  // closed with WebSocket status 1009 (the frame is never buffered whole).
+  size_t max_message_bytes = size_t{1} << 20;
+  static constexpr size_t kHardMessageFactor = 4;
+  // HTTP request head + body limit for the plain HTTP routes.
+  size_t max_http_request_bytes = size_t{64} << 10;
+  // Outgoing bytes queued for one connection (one write in flight, the rest waits). A client that does not
+  // read while its queue passes this is disconnected; its running response still finishes.
+  size_t max_write_queue_bytes = size_t{8} << 20;
+
+  int max_sessions_per_connection = 16;
+  int max_items_per_session = 1024;
+  size_t max_content_bytes = size_t{256} << 10;  // one message's content
+  int default_max_tokens = 1024;                 // session.sampling.max_tokens when the client gives none
+  int max_tokens_limit = 32768;                  // the largest max_tokens a client may ask for
+
+  std::chrono::seconds handshake_timeout{10};  // TCP accept -> WebSocket upgrade done, and HTTP request read
+  std::chrono::seconds idle_timeout{300};      // no frame from the client (Beast pings it at half of this)
+  std::chrono::seconds shutdown_grace{10};  // SIGTERM: time for cancelled responses to report response.done
+};
+
+}  // namespace agentserve::server

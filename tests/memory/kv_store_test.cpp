@@ -1,0 +1,233 @@
+#include "memory/kv_store.h"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace agentserve::memory {
+namespace {
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "as-kvstore-XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+const KvLayout kLayout{.n_layers = 2, .n_kv_heads = 2, .head_dim = 8, .block_size = 4};  // 512-byte blocks
+
+// A block whose tokens and bytes follow from its number, so any returned block can be checked.
+struct TestBlock {
+  BlockKey key;
+  std::vector<int32_t> tokens;
+  std::vector<std::byte> payload;
+
+  explicit TestBlock(uint64_t n) : key{n * 0x9e3779b97f4a7c15ull, n}, payload(kLayout.block_bytes()) {
+    for (int i = 0; i < kLayout.block_size; ++i) tokens.push_back(static_cast<int32_t>(n * 10 + i));
+    std::mt19937_64 rng(n);
+    for (auto& b : payload) b = static_cast<std::byte>(rng());
+  }
+  KvSpillBlock spill() const { return {key, tokens, payload}; }
+};
+
+Status put(KvStore& kv, std::initializer_list<uint64_t> ns) {
+  std::vector<TestBlock> blocks;
+  for (uint64_t n : ns) blocks.emplace_back(n);
+  std::vector<KvSpillBlock> spills;
+  for (const auto& b : blocks) spills.push_back(b.spill());
+  return kv.put_batch(spills);
+}
+
+// OK and the right bytes, or the error.
+Status get_checked(KvStore& kv, uint64_t n) {
+  TestBlock want(n);
+  std::vector<std::byte> out(kLayout.block_bytes());
+  AS_RETURN_IF_ERROR(kv.get(want.key, want.tokens, out));
+  if (out != want.payload) return Status::internal("wrong bytes returned for block " + std::to_string(n));
+  return Status::ok_status();
+}
+
+struct Env {
+  TempDir dir;
+  std::unique_ptr<RocksDbStore> store;
+  std::unique_ptr<KvStore> kv;
+  KvBlockFormat format = KvBlockFormat::make("model-a", kLayout);
+  const uint64_t block_value_bytes = kv_block_encoded_size(kLayout.block_size, kLayout.block_bytes());
+
+  void open(uint64_t quota_blocks, std::string_view fingerprint = "model-a") {
+    kv.reset();
+    store.reset();
+    auto s = RocksDbStore::open(StoreOptions{.path = (dir.path / "db").string()});
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    store = std::move(s).value();
+    format = KvBlockFormat::make(fingerprint, kLayout);
+    auto k = KvStore::open(*store, format, quota_blocks * block_value_bytes);
+    REQUIRE_MESSAGE(k.ok(), k.status().to_string());
+    kv = std::move(k).value();
+  }
+};
+
+TEST_CASE("put_batch then get returns the same verified bytes; a miss is NotFound") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  for (uint64_t n : {1, 2, 3}) CHECK(get_checked(*env.kv, n).ok());
+  CHECK(get_checked(*env.kv, 4).code() == StatusCode::kNotFound);
+  CHECK(env.kv->contains(TestBlock(2).key));
+  CHECK(env.kv->usage_bytes() == 3 * env.block_value_bytes);
+  CHECK(env.kv->num_blocks() == 3);
+  KvStoreCounters c = env.kv->counters();
+  CHECK(c.hits == 3);
+  CHECK(c.misses == 1);
+  CHECK(c.bytes_written == static_cast<int64_t>(3 * env.block_value_bytes));
+  CHECK(c.bytes_read == static_cast<int64_t>(3 * env.block_value_bytes));
+}
+
+TEST_CASE("erase removes a block and its usage; a wrong-sized buffer is InvalidArgument") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 2}).ok());
+  REQUIRE(env.kv->erase(TestBlock(1).key).ok());
+  CHECK(env.kv->erase(TestBlock(1).key).ok());
+  CHECK_FALSE(env.kv->contains(TestBlock(1).key));
+  CHECK(env.kv->usage_bytes() == env.block_value_bytes);
+  std::vector<std::byte> small(10);
+  CHECK(env.kv->get(TestBlock(2).key, {}, small).code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("writing the same key again replaces it without double counting") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 1}).ok());
+  REQUIRE(put(*env.kv, {1}).ok());
+  CHECK(env.kv->num_blocks() == 1);
+  CHECK(env.kv->usage_bytes() == env.block_value_bytes);
+  CHECK(get_checked(*env.kv, 1).ok());
+}
+
+TEST_CASE("the quota evicts least recently used blocks, and a hit makes a block recent") {
+  Env env;
+  env.open(3);
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  REQUIRE(get_checked(*env.kv, 1).ok());  // order by last use now 2, 3, 1
+  REQUIRE(put(*env.kv, {4}).ok());
+  CHECK_FALSE(env.kv->contains(TestBlock(2).key));
+  for (uint64_t n : {1, 3, 4}) CHECK(get_checked(*env.kv, n).ok());
+  CHECK(env.kv->counters().evictions == 1);
+  CHECK(env.kv->usage_bytes() <= env.kv->quota_bytes());
+  REQUIRE(put(*env.kv, {5, 6}).ok());  // LRU now 1, 3, 4 -> evict 1 and 3
+  CHECK(env.kv->num_blocks() == 3);
+  CHECK(env.kv->contains(TestBlock(4).key));
+  CHECK(get_checked(*env.kv, 1).code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("a batch larger than the whole quota is refused and writes nothing") {
+  Env env;
+  env.open(2);
+  REQUIRE(put(*env.kv, {1}).ok());
+  Status s = put(*env.kv, {2, 3, 4});
+  CHECK(s.code() == StatusCode::kResourceExhausted);
+  CHECK(env.kv->counters().quota_refusals == 1);
+  CHECK(env.kv->num_blocks() == 1);
+  CHECK(get_checked(*env.kv, 1).ok());
+  CHECK(get_checked(*env.kv, 2).code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("after a clean close (WAL off) reopening finds the blocks and rebuilds usage and LRU order") {
+  Env env;
+  env.open(3);
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  REQUIRE(get_checked(*env.kv, 1).ok());
+  env.open(3);
+  CHECK(env.kv->num_blocks() == 3);
+  CHECK(env.kv->usage_bytes() == 3 * env.block_value_bytes);
+  REQUIRE(put(*env.kv, {4}).ok());
+  CHECK_FALSE(env.kv->contains(TestBlock(2).key));  // still the least recently used after restart
+  CHECK(get_checked(*env.kv, 1).ok());
+  CHECK(get_checked(*env.kv, 4).ok());
+}
+
+TEST_CASE("a block damaged on disk is reported as Corruption, deleted and counted, never returned") {
+  Env env;
+  env.open(10);
+  REQUIRE(put(*env.kv, {1, 2}).ok());
+  // Flip one payload byte of block 1 behind the store's back (same key layout as kv_store.h documents).
+  std::string key(17, '\0');
+  key[0] = 'b';
+  BlockKey k = TestBlock(1).key;
+  for (int i = 0; i < 8; ++i) {
+    key[1 + i] = static_cast<char>(k.hi >> (56 - 8 * i));
+    key[9 + i] = static_cast<char>(k.lo >> (56 - 8 * i));
+  }
+  rocksdb::ColumnFamilyHandle* cf = env.store->handle(ColumnFamily::kKv);
+  std::string value;
+  REQUIRE(env.store->db()->Get(rocksdb::ReadOptions(), cf, key, &value).ok());
+  value[value.size() - 5] ^= 0x10;
+  REQUIRE(env.store->db()->Put(rocksdb::WriteOptions(), cf, key, value).ok());
+
+  CHECK(get_checked(*env.kv, 1).code() == StatusCode::kCorruption);
+  CHECK_FALSE(env.kv->contains(TestBlock(1).key));
+  CHECK(env.kv->counters().dropped_corrupt == 1);
+  CHECK(env.kv->usage_bytes() == env.block_value_bytes);
+  CHECK(get_checked(*env.kv, 1).code() == StatusCode::kNotFound);
+  CHECK(get_checked(*env.kv, 2).ok());
+}
+
+TEST_CASE("blocks of another model are rejected and dropped after a fingerprint change") {
+  Env env;
+  env.open(10, "model-a");
+  REQUIRE(put(*env.kv, {1}).ok());
+  env.open(10, "model-b");
+  CHECK(env.kv->contains(TestBlock(1).key));
+  CHECK(get_checked(*env.kv, 1).code() == StatusCode::kFailedPrecondition);
+  CHECK(env.kv->counters().dropped_mismatch == 1);
+  CHECK_FALSE(env.kv->contains(TestBlock(1).key));
+}
+
+TEST_CASE("other tokens under the same key are refused but the block is kept") {
+  Env env;
+  env.open(10);
+  REQUIRE(put(*env.kv, {1}).ok());
+  std::vector<int32_t> other{9, 9, 9, 9};
+  std::vector<std::byte> out(kLayout.block_bytes());
+  CHECK(env.kv->get(TestBlock(1).key, other, out).code() == StatusCode::kFailedPrecondition);
+  CHECK(get_checked(*env.kv, 1).ok());
+}
+
+TEST_CASE("concurrent writers and readers never see wrong bytes and keep the quota") {
+  Env env;
+  env.open(40);
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 200; ++i) {
+        uint64_t n = rng() % 80;
+        if (t % 2 == 0) {
+          TestBlock b(n);
+          KvSpillBlock s = b.spill();
+          if (!env.kv->put_batch({&s, 1}).ok()) ++wrong;
+        } else {
+          Status s = get_checked(*env.kv, n);
+          if (!s.ok() && s.code() != StatusCode::kNotFound) ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(wrong.load() == 0);
+  CHECK(env.kv->usage_bytes() <= env.kv->quota_bytes());
+  CHECK(env.kv->usage_bytes() == env.kv->num_blocks() * env.block_value_bytes);
+}
+
+}  // namespace
+}  // namespace agentserve::memory

@@ -1,0 +1,279 @@
+// The protocol's parsing and validation, without sockets: every bad input becomes an error naming the field.
+#include "server/protocol.h"
+
+#include <doctest/doctest.h>
+
+#include <random>
+#include <set>
+
+using agentserve::server::ClientEvent;
+using agentserve::server::ClientEventType;
+using agentserve::server::ParseResult;
+using agentserve::server::ProtocolError;
+using agentserve::server::ServerOptions;
+using nlohmann::json;
+namespace server = agentserve::server;
+namespace engine = agentserve::engine;
+
+namespace {
+
+constexpr int kVocab = 151936;
+
+ParseResult parse(const std::string& text, const ServerOptions& options = {}) {
+  return server::parse_client_event(text, options, kVocab);
+}
+
+ClientEvent parse_ok(const std::string& text) {
+  ParseResult r = parse(text);
+  if (auto* e = std::get_if<ProtocolError>(&r))
+    FAIL_CHECK("unexpected error " << e->code << ": " << e->message);
+  REQUIRE(std::holds_alternative<ClientEvent>(r));
+  return std::get<ClientEvent>(r);
+}
+
+ProtocolError parse_error(const std::string& text, const ServerOptions& options = {}) {
+  ParseResult r = parse(text, options);
+  REQUIRE_MESSAGE(std::holds_alternative<ProtocolError>(r), "accepted: " << text);
+  return std::get<ProtocolError>(r);
+}
+
+}  // namespace
+
+TEST_CASE("session.create reads agent_id, instructions and every sampling field") {
+  const ClientEvent e = parse_ok(R"({"type":"session.create","event_id":"c1","session":{"agent_id":"a1",
+      "instructions":"be brief","sampling":{"temperature":0,"top_p":0.9,"top_k":40,"max_tokens":8,"seed":7,
+      "stop":["\n\n","END"]}}})");
+  CHECK(e.type == ClientEventType::kSessionCreate);
+  CHECK(e.event_id == "c1");
+  CHECK(e.session.agent_id == "a1");
+  CHECK(e.session.instructions == "be brief");
+  CHECK(e.session.sampling.temperature == 0.0);
+  CHECK(e.session.sampling.top_p == doctest::Approx(0.9));
+  CHECK(e.session.sampling.top_k == 40);
+  CHECK(e.session.sampling.max_tokens == 8);
+  REQUIRE(e.session.sampling.seed.has_value());
+  CHECK(*e.session.sampling.seed == 7);
+  CHECK(e.session.sampling.stop == std::vector<std::string>{"\n\n", "END"});
+}
+
+TEST_CASE("session.create without sampling gets the server's default max_tokens") {
+  ServerOptions options;
+  options.default_max_tokens = 77;
+  ParseResult r = server::parse_client_event(R"({"type":"session.create"})", options, kVocab);
+  REQUIRE(std::holds_alternative<ClientEvent>(r));
+  CHECK(std::get<ClientEvent>(r).session.sampling.max_tokens == 77);
+}
+
+TEST_CASE("invalid JSON and non-object messages are invalid_json errors") {
+  for (const char* text : {"{", "", "nonsense", "[1,2]", "\"session.create\"", "42", "{\"type\":}"}) {
+    INFO(text);
+    CHECK(parse_error(text).code == "invalid_json");
+  }
+}
+
+TEST_CASE("type is required, must be a string, and must be known; errors echo the client's event_id") {
+  const ProtocolError missing = parse_error(R"({"event_id":"e9"})");
+  CHECK(missing.code == "missing_field");
+  CHECK(missing.param == "type");
+  CHECK(missing.event_id == "e9");
+  const ProtocolError wrong = parse_error(R"({"type":5})");
+  CHECK(wrong.code == "invalid_type");
+  CHECK(wrong.param == "type");
+  const ProtocolError unknown = parse_error(R"({"type":"session.explode","event_id":"x"})");
+  CHECK(unknown.code == "unknown_event");
+  CHECK(unknown.event_id == "x");
+  CHECK(unknown.type == "invalid_request_error");
+}
+
+TEST_CASE("conversation.item.create needs a message with a known role and string content") {
+  const ClientEvent ok = parse_ok(R"({"type":"conversation.item.create","session_id":"s_1",
+      "item":{"type":"message","role":"user","content":"Hi"}})");
+  CHECK(ok.type == ClientEventType::kConversationItemCreate);
+  CHECK(ok.session_id == "s_1");
+  CHECK(ok.item.role == "user");
+  CHECK(ok.item.content == "Hi");
+
+  struct Case {
+    const char* text;
+    const char* code;
+    const char* param;
+  };
+  const Case cases[] = {
+      {R"({"type":"conversation.item.create"})", "missing_field", "item"},
+      {R"({"type":"conversation.item.create","item":"Hi"})", "invalid_type", "item"},
+      {R"({"type":"conversation.item.create","item":{"content":"Hi"}})", "missing_field", "item.role"},
+      {R"({"type":"conversation.item.create","item":{"role":"user"}})", "missing_field", "item.content"},
+      {R"({"type":"conversation.item.create","item":{"role":"user","content":3}})", "invalid_type",
+       "item.content"},
+      {R"({"type":"conversation.item.create","item":{"role":"root","content":"x"}})", "invalid_value",
+       "item.role"},
+      {R"({"type":"conversation.item.create","item":{"role":7,"content":"x"}})", "invalid_type", "item.role"},
+      {R"({"type":"conversation.item.create","item":{"type":"image","role":"user","content":"x"}})",
+       "invalid_value", "item.type"},
+      {R"({"type":"conversation.item.create","session_id":4,"item":{"role":"user","content":"x"}})",
+       "invalid_type", "session_id"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.text);
+    const ProtocolError e = parse_error(c.text);
+    CHECK(e.code == c.code);
+    CHECK(e.param == c.param);
+  }
+}
+
+TEST_CASE("sampling values out of range or of the wrong type are rejected with the field named") {
+  struct Case {
+    const char* sampling;
+    const char* code;
+    const char* param;
+  };
+  const Case cases[] = {
+      {R"({"temperature":-1})", "invalid_value", "session.sampling.temperature"},
+      {R"({"temperature":"hot"})", "invalid_type", "session.sampling.temperature"},
+      {R"({"top_p":0})", "invalid_value", "session.sampling.top_p"},
+      {R"({"top_p":1.5})", "invalid_value", "session.sampling.top_p"},
+      {R"({"top_k":-3})", "invalid_value", "session.sampling.top_k"},
+      {R"({"top_k":2.5})", "invalid_type", "session.sampling.top_k"},
+      {R"({"max_tokens":0})", "invalid_value", "session.sampling.max_tokens"},
+      {R"({"max_tokens":1000000000})", "invalid_value", "session.sampling.max_tokens"},
+      {R"({"max_tokens":18446744073709551615})", "invalid_value", "session.sampling.max_tokens"},
+      {R"({"seed":-1})", "invalid_value", "session.sampling.seed"},
+      {R"({"stop":5})", "invalid_type", "session.sampling.stop"},
+      {R"({"stop":["a",1]})", "invalid_type", "session.sampling.stop"},
+      {R"({"stop":[""]})", "invalid_value", "session.sampling.stop[0]"},
+      {R"({"stop":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]})",
+       "invalid_value", "session.sampling.stop"},
+      {R"({"presence_penalty":3})", "invalid_value", "session.sampling.presence_penalty"},
+      {R"("greedy")", "invalid_type", "session.sampling"},
+  };
+  for (const Case& c : cases) {
+    const std::string text =
+        std::string(R"({"type":"session.create","session":{"sampling":)") + c.sampling + "}}";
+    INFO(text);
+    const ProtocolError e = parse_error(text);
+    CHECK(e.code == c.code);
+    CHECK(e.param == c.param);
+    CHECK_FALSE(e.message.empty());
+  }
+}
+
+TEST_CASE("response.create keeps a validated sampling override; a bad one is an error") {
+  const ClientEvent e = parse_ok(R"({"type":"response.create","response":{"sampling":{"max_tokens":3}}})");
+  CHECK(e.type == ClientEventType::kResponseCreate);
+  CHECK(e.sampling_override["max_tokens"] == 3);
+  engine::SamplingParams params;
+  params.temperature = 0.5;
+  CHECK_FALSE(
+      server::apply_sampling(e.sampling_override, "response.sampling", ServerOptions{}, kVocab, params));
+  CHECK(params.max_tokens == 3);
+  CHECK(params.temperature == 0.5);  // untouched fields keep the session's values
+  const ProtocolError bad =
+      parse_error(R"({"type":"response.create","response":{"sampling":{"top_k":"x"}}})");
+  CHECK(bad.param == "response.sampling.top_k");
+  CHECK(parse_error(R"({"type":"response.create","response":[]})").param == "response");
+}
+
+TEST_CASE("size limits: message bytes, content bytes") {
+  ServerOptions options;
+  options.max_message_bytes = 64;
+  options.max_content_bytes = 8;
+  const std::string big(100, ' ');
+  CHECK(parse_error("{\"type\":\"ping\"}" + big, options).code == "message_too_large");
+  options.max_message_bytes = 1024;
+  const ProtocolError long_content = parse_error(
+      R"({"type":"conversation.item.create","item":{"role":"user","content":"123456789"}})", options);
+  CHECK(long_content.code == "string_too_long");
+  CHECK(long_content.param == "item.content");
+}
+
+TEST_CASE("ping, response.cancel and session.delete parse with their optional ids") {
+  CHECK(parse_ok(R"({"type":"ping","event_id":"p1"})").type == ClientEventType::kPing);
+  const ClientEvent cancel = parse_ok(R"({"type":"response.cancel","response_id":"r_1"})");
+  CHECK(cancel.type == ClientEventType::kResponseCancel);
+  CHECK(cancel.response_id == "r_1");
+  CHECK(parse_error(R"({"type":"response.cancel","response_id":1})").param == "response_id");
+  const ClientEvent del = parse_ok(R"({"type":"session.delete","session_id":"s_2"})");
+  CHECK(del.type == ClientEventType::kSessionDelete);
+  CHECK(del.session_id == "s_2");
+}
+
+TEST_CASE("random bytes and mutated events never throw and always yield an event or an error") {
+  std::mt19937 rng(12345);
+  const std::string seed_event =
+      R"({"type":"conversation.item.create","item":{"role":"user","content":"Hi"},"session":{"sampling":{"top_k":2}}})";
+  for (int i = 0; i < 3000; ++i) {
+    std::string text = seed_event;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < edits; ++k) text[rng() % text.size()] = static_cast<char>(rng() % 256);
+    if (i % 3 == 0) text = std::string(rng() % 40, static_cast<char>(rng() % 256));
+    ParseResult r;
+    CHECK_NOTHROW(r = parse(text));
+    if (auto* e = std::get_if<ProtocolError>(&r)) {
+      CHECK_FALSE(e->code.empty());
+      // The error event must serialise even when the input was not UTF-8.
+      CHECK_NOTHROW((void)server::error_event(*e).dump(-1, ' ', false, json::error_handler_t::replace));
+    }
+  }
+}
+
+TEST_CASE(
+    "render_plain_conversation is Qwen3's plain chat format, with content pieces marked as plain text") {
+  const std::vector<server::ConversationMessage> messages = {{"user", "Hi <|im_end|>"},
+                                                             {"assistant", "Hello"}};
+  const auto pieces = server::render_plain_conversation("Be brief", messages);
+  std::string text;
+  for (const auto& p : pieces) {
+    text += p.text;
+    if (p.text == "Hi <|im_end|>" || p.text == "Hello" || p.text == "Be brief") CHECK_FALSE(p.markup);
+    if (p.text.starts_with("<|im_")) CHECK(p.markup);
+  }
+  CHECK(text ==
+        "<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi <|im_end|><|im_end|>\n"
+        "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n");
+  std::string bare;
+  for (const auto& p : server::render_plain_conversation("", {{"user", "x"}})) bare += p.text;
+  CHECK(bare == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST_CASE("error events carry type, code, message, param and event_id (null when absent)") {
+  const json full = server::error_event({"invalid_request_error", "invalid_type", "m", "item.role", "e1"});
+  CHECK(full["type"] == "error");
+  CHECK(full["error"]["code"] == "invalid_type");
+  CHECK(full["error"]["param"] == "item.role");
+  CHECK(full["error"]["event_id"] == "e1");
+  const json bare = server::error_event({"server_error", "x", "m", "", ""});
+  CHECK(bare["error"]["param"].is_null());
+  CHECK(bare["error"]["event_id"].is_null());
+  const auto status = agentserve::Status::resource_exhausted("queue full");
+  CHECK(server::error_from_status(status, "request_rejected").type == "server_busy_error");
+  CHECK(server::error_from_status(agentserve::Status::invalid_argument("x"), "c").type ==
+        "invalid_request_error");
+}
+
+TEST_CASE("response status follows the finish reason; response.done carries usage") {
+  CHECK(server::response_status(engine::FinishReason::kStop) == "completed");
+  CHECK(server::response_status(engine::FinishReason::kLength) == "incomplete");
+  CHECK(server::response_status(engine::FinishReason::kCancelled) == "cancelled");
+  CHECK(server::response_status(engine::FinishReason::kError) == "failed");
+  engine::Usage usage;
+  usage.prompt_tokens = 9;
+  usage.cached_tokens = 4;
+  usage.completion_tokens = 12;
+  const json done = server::response_done_event("s_1", "r_1", "completed", usage, std::nullopt);
+  CHECK(done["response"]["usage"]["prompt_tokens"] == 9);
+  CHECK(done["response"]["usage"]["cached_tokens"] == 4);
+  CHECK(done["response"]["usage"]["completion_tokens"] == 12);
+  CHECK(done["response"]["status"] == "completed");
+  CHECK_FALSE(done["response"].contains("error"));
+}
+
+TEST_CASE("make_id keeps its prefix and does not repeat") {
+  std::set<std::string> ids;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string id = server::make_id("s_");
+    CHECK(id.starts_with("s_"));
+    CHECK(id.size() == 26);
+    ids.insert(id);
+  }
+  CHECK(ids.size() == 1000);
+}
