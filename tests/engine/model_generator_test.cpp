@@ -1,4 +1,5 @@
 #include "engine/model_generator.h"
+#include "tests/scratch_dir.h"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -17,21 +18,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A folder of this process's scratch root (removed at exit), so concurrent runs never share files.
 fs::path fresh_dir(const std::string& name) {
-  struct Root {
-    fs::path path =
-        fs::temp_directory_path() / ("agentserve_model_generator_test_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  const fs::path dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(root.path);
-  return dir;
+  return testing::scratch_dir("model_generator_test", name, /*create=*/false);
 }
 
 ModelConfig tiny() {

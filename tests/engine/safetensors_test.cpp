@@ -1,4 +1,5 @@
 #include "engine/safetensors.h"
+#include "tests/scratch_dir.h"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -18,20 +19,8 @@ using nlohmann::json;
 
 const fs::path kFixtures = fs::path(AGENTSERVE_SOURCE_DIR) / "tests/engine/data/safetensors";
 
-// A folder of this process's scratch root (removed at exit), so concurrent runs never share files.
 fs::path fresh_dir(const std::string& name) {
-  struct Root {
-    fs::path path = fs::temp_directory_path() / ("agentserve_safetensors_test_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  const fs::path dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return testing::scratch_dir("safetensors_test", name);
 }
 
 std::vector<std::byte> read_bytes(const fs::path& path) {

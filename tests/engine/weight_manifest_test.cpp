@@ -1,4 +1,5 @@
 #include "engine/weight_manifest.h"
+#include "tests/scratch_dir.h"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -15,21 +16,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A folder of this process's scratch root (removed at exit), so concurrent runs never share files.
 fs::path fresh_dir(const std::string& name) {
-  struct Root {
-    fs::path path =
-        fs::temp_directory_path() / ("agentserve_weight_manifest_test_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  const fs::path dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return testing::scratch_dir("weight_manifest_test", name);
 }
 
 ModelConfig small_config() {

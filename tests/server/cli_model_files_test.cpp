@@ -1,7 +1,9 @@
 // make-model and verify-weights through the real binary, as a user or a script runs them.
 #include <doctest/doctest.h>
+
 #include <sys/wait.h>
 #include <unistd.h>
+#include "tests/scratch_dir.h"
 
 #include <array>
 #include <cstdio>
@@ -31,21 +33,8 @@ Run run(const std::string& args) {
   return r;
 }
 
-// A folder of this process's scratch root (removed at exit), so concurrent runs never share files.
 fs::path fresh_dir(const std::string& name) {
-  struct Root {
-    fs::path path =
-        fs::temp_directory_path() / ("agentserve_cli_model_files_test_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  const fs::path dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(root.path);
-  return dir;
+  return agentserve::testing::scratch_dir("cli_model_files_test", name, /*create=*/false);
 }
 
 void flip_byte(const fs::path& path, std::streamoff offset) {
