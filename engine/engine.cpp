@@ -89,7 +89,20 @@ Status Engine::init(const EngineOptions& options) {
   }
   AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
   arena_.emplace(std::move(arena));
-  blocks_ = std::make_unique<memory::BlockManager>(n_blocks, options.block_size);
+  if (!options.data_dir.empty() || options.host_kv_bytes > 0) {
+    AS_ASSIGN_OR_RETURN(tiers_, KvTiers::open({.data_dir = options.data_dir,
+                                               .host_kv_bytes = options.host_kv_bytes,
+                                               .disk_kv_quota_bytes = options.disk_kv_quota_bytes},
+                                              fingerprint_, *arena_));
+    // The pool calls this before the evicted block can be rewritten, so its bytes and tokens are intact.
+    blocks_ = std::make_unique<memory::BlockManager>(
+        n_blocks, options.block_size, [this](int block, const memory::BlockKey& key) {
+          tiers_->spill(block, key, blocks_->block_tokens(block));
+        });
+    blocks_->set_block_source(tiers_.get());
+  } else {
+    blocks_ = std::make_unique<memory::BlockManager>(n_blocks, options.block_size);
+  }
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{.max_step_tokens = options.max_step_tokens, .max_running = options.max_running}, *blocks_);
   counters_.kv_blocks_total = n_blocks;
@@ -107,6 +120,12 @@ Engine::~Engine() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // The engine thread has released every sequence: what T0 and T1 still cache goes to disk for the next
+  // engine on this data_dir.
+  if (tiers_ && blocks_) {
+    Status status = tiers_->flush(*blocks_);
+    if (!status.ok()) spdlog::warn("engine: KV flush on close incomplete: {}", status.to_string());
+  }
 }
 
 Result<RequestId> Engine::submit(GenerationRequest request) {
@@ -315,6 +334,9 @@ void Engine::step() {
   counters_.kv_blocks_free = stats.num_free;
   counters_.prefix_hit_blocks = stats.hit_blocks;
   counters_.prefix_miss_blocks = stats.miss_blocks;
+  counters_.prefix_loaded_blocks = stats.loaded_blocks;
+  counters_.restored_tokens = stats.loaded_blocks * options_.block_size;
+  if (tiers_) counters_.kv_tiers = tiers_->counters();
 }
 
 EngineCounters Engine::counters() const {
@@ -361,8 +383,10 @@ Result<std::vector<float>> Engine::score(std::span<const int32_t> ids) {
   std::lock_guard model_lock(model_mutex_);
   memory::SequenceState seq;
   seq.tokens.assign(ids.begin(), ids.end());
-  // A salt of its own: scoring never shares blocks with served requests.
+  // Scoring needs the logits of every position, so it reuses no cached block, and publishes none (they
+  // would only crowd out requests' blocks in T0 and the spill tiers).
   seq.salt = memory::make_salt(fingerprint_, "\x01score");
+  seq.cacheable = false;
   const int n = static_cast<int>(ids.size());
   const int chunk = model_->max_step_tokens();
   std::vector<float> all;

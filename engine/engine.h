@@ -6,6 +6,10 @@
 //
 // The engine never sees JSON or sockets (the server layer does), and never blocks a caller's thread on the
 // model except through the synchronous helpers meant for tools and tests (generate, score).
+//
+// KV tiers (kv_tiers.h): blocks the pool evicts spill to host RAM (T1) and then to RocksDB under data_dir
+// (T2); admission loads a prompt's missing chain blocks from them instead of recomputing. This first cut
+// does that I/O on the engine thread, so a step that spills or loads from disk is slower.
 #pragma once
 
 #include <atomic>
@@ -23,6 +27,7 @@
 
 #include "base/status.h"
 #include "base/thread_pool.h"
+#include "engine/kv_tiers.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/qwen3_moe_model.h"
@@ -48,6 +53,12 @@ struct EngineOptions {
   bool bf16_activations = false;
   // Identifies the weights in prefix-cache keys. Empty: derived from the checkpoint (weight manifest).
   std::string model_fingerprint;
+  // KV spill tiers. data_dir: T2 (RocksDB in data_dir/rocksdb; empty = no persistence), kept across
+  // restarts for the same model fingerprint and flushed on a clean close. host_kv_bytes: T1 budget in host
+  // RAM (0 = no T1). disk_kv_quota_bytes: T2 budget in encoded block bytes.
+  std::filesystem::path data_dir;
+  size_t host_kv_bytes = 0;
+  size_t disk_kv_quota_bytes = size_t{64} << 30;
 };
 
 // Cumulative counters since start (read from any thread).
@@ -65,6 +76,9 @@ struct EngineCounters {
   int64_t kv_blocks_free = 0;
   int64_t prefix_hit_blocks = 0;
   int64_t prefix_miss_blocks = 0;
+  int64_t prefix_loaded_blocks = 0;  // blocks loaded from T1/T2 at admission (not in the hit count)
+  int64_t restored_tokens = 0;       // tokens whose KV came from T1/T2 instead of prefill
+  KvTierCounters kv_tiers;           // all zero without tiers
 };
 
 // The result of the synchronous generate().
@@ -130,6 +144,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Qwen3MoeModel> model_;
   std::optional<memory::KvArena> arena_;
+  std::unique_ptr<KvTiers> tiers_;  // null without T1 and T2; declared before blocks_, which calls it
   std::unique_ptr<memory::BlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;
 

@@ -13,10 +13,11 @@ int eligible_blocks(size_t n_tokens, int block_size) {
   return n_tokens == 0 ? 0 : static_cast<int>((n_tokens - 1) / static_cast<size_t>(block_size));
 }
 
-// Walks the hash chain of `tokens` while the cache hits, calling on_hit(block, key) for each hit block.
+// Walks the hash chain of `tokens` while T0 or the source holds the next block, calling on_hit(block, key)
+// for each (block -1: in the source only).
 template <typename OnHit>
-PrefixMatch walk_prefix(const BlockPool& pool, std::span<const int32_t> tokens, const BlockKey& salt,
-                        OnHit&& on_hit) {
+PrefixMatch walk_prefix(const BlockPool& pool, const BlockSource* source, std::span<const int32_t> tokens,
+                        const BlockKey& salt, OnHit&& on_hit) {
   const int bs = pool.block_size();
   const int max_blocks = eligible_blocks(tokens.size(), bs);
   PrefixMatch m;
@@ -25,10 +26,15 @@ PrefixMatch walk_prefix(const BlockPool& pool, std::span<const int32_t> tokens, 
     std::span<const int32_t> block_tokens = tokens.subspan(static_cast<size_t>(i) * bs, bs);
     BlockKey key = chain_block_key(parent, block_tokens, salt);
     int block = pool.lookup(key, block_tokens);
-    if (block < 0) break;
+    if (block >= 0) {
+      m.num_free_hits += pool.is_free(block) ? 1 : 0;
+    } else if (source != nullptr && source->contains(key)) {
+      ++m.num_source_hits;
+    } else {
+      break;
+    }
     on_hit(block, key);
     ++m.num_blocks;
-    m.num_free_hits += pool.is_free(block) ? 1 : 0;
     parent = key;
   }
   m.num_tokens = m.num_blocks * bs;
@@ -48,18 +54,21 @@ Status bad_admission(const SequenceState& seq, int n_new_tokens) {
 }  // namespace
 
 BlockManager::BlockManager(int num_blocks, int block_size, BlockPool::EvictCallback on_evict)
-    : block_size_(block_size), pool_(num_blocks, block_size, std::move(on_evict)) {}
+    : block_size_(block_size),
+      pool_(num_blocks, block_size, std::move(on_evict)),
+      block_tokens_(static_cast<size_t>(num_blocks) * static_cast<size_t>(block_size)) {}
 
 PrefixCacheStats BlockManager::stats() const {
-  return {hit_blocks_, miss_blocks_, pool_.evictions(), pool_.num_free(), pool_.num_cached()};
+  return {hit_blocks_, loaded_blocks_, miss_blocks_, pool_.evictions(), pool_.num_free(), pool_.num_cached()};
 }
 
 PrefixMatch BlockManager::match_prefix(std::span<const int32_t> tokens, const BlockKey& salt) const {
-  return walk_prefix(pool_, tokens, salt, [](int, const BlockKey&) {});
+  return walk_prefix(pool_, source_, tokens, salt, [](int, const BlockKey&) {});
 }
 
 PrefixMatch BlockManager::collect_prefix(SequenceState& seq) const {
-  return walk_prefix(pool_, seq.tokens, seq.salt, [&seq](int block, const BlockKey& key) {
+  if (!seq.cacheable) return {};
+  return walk_prefix(pool_, source_, seq.tokens, seq.salt, [&seq](int block, const BlockKey& key) {
     seq.block_table.push_back(block);
     seq.block_keys.push_back(key);
   });
@@ -67,29 +76,72 @@ PrefixMatch BlockManager::collect_prefix(SequenceState& seq) const {
 
 bool BlockManager::can_allocate(const SequenceState& seq, int n_new_tokens) const {
   if (!bad_admission(seq, n_new_tokens).ok()) return false;
-  PrefixMatch m = match_prefix(seq.tokens, seq.salt);
-  int64_t fresh = (int64_t{m.num_tokens} + n_new_tokens + block_size_ - 1) / block_size_ - m.num_blocks;
+  PrefixMatch m = seq.cacheable ? match_prefix(seq.tokens, seq.salt) : PrefixMatch{};
+  // Fresh blocks cover the tokens after the T0 hits: the source's blocks are loaded into fresh ones.
+  int64_t fresh = (int64_t{m.num_tokens} + n_new_tokens + block_size_ - 1) / block_size_ -
+                  (m.num_blocks - m.num_source_hits);
   return fresh + m.num_free_hits <= pool_.num_free();
 }
 
 Result<int> BlockManager::allocate(SequenceState& seq, int n_new_tokens) {
   AS_RETURN_IF_ERROR(bad_admission(seq, n_new_tokens));
   PrefixMatch m = collect_prefix(seq);
-  int64_t fresh = (int64_t{m.num_tokens} + n_new_tokens + block_size_ - 1) / block_size_ - m.num_blocks;
+  int64_t fresh = (int64_t{m.num_tokens} + n_new_tokens + block_size_ - 1) / block_size_ -
+                  (m.num_blocks - m.num_source_hits);
   if (fresh + m.num_free_hits > pool_.num_free()) {
     seq.block_table.clear();
     seq.block_keys.clear();
     return Status::resource_exhausted("KV cache needs " + std::to_string(fresh + m.num_free_hits) +
                                       " free blocks, has " + std::to_string(pool_.num_free()));
   }
+  // A failed load keeps fewer blocks, but the blocks after a whole-block prefix number the same
+  // (blocks_for(n_new_tokens)), and the blocks given back cover the difference, so this cannot run short.
+  const int kept = take_prefix(seq);
+  const int cached = kept * block_size_;
+  const int64_t rest = (int64_t{n_new_tokens} + block_size_ - 1) / block_size_;
+  seq.block_table.reserve(seq.block_table.size() + static_cast<size_t>(rest));
+  for (int64_t i = 0; i < rest; ++i) seq.block_table.push_back(pool_.allocate());
+  seq.num_computed = cached;
+  miss_blocks_ += eligible_blocks(seq.tokens.size(), block_size_) - kept;
+  return cached;
+}
+
+int BlockManager::take_prefix(SequenceState& seq) {
   // Take the hits before allocating, so a fresh allocation can never evict a block we just matched.
-  for (int block : seq.block_table) pool_.acquire(block);
-  seq.block_table.reserve(seq.block_table.size() + static_cast<size_t>(fresh));
-  for (int64_t i = 0; i < fresh; ++i) seq.block_table.push_back(pool_.allocate());
-  seq.num_computed = m.num_tokens;
-  hit_blocks_ += m.num_blocks;
-  miss_blocks_ += eligible_blocks(seq.tokens.size(), block_size_) - m.num_blocks;
-  return m.num_tokens;
+  for (int block : seq.block_table) {
+    if (block >= 0) pool_.acquire(block);
+  }
+  const std::span<const int32_t> tokens(seq.tokens);
+  const size_t n = seq.block_table.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (seq.block_table[i] >= 0) {
+      ++hit_blocks_;
+      continue;
+    }
+    // Synchronous on the caller's thread: a load from disk blocks this admission (and the engine step).
+    const int block = pool_.allocate();
+    seq.block_table[i] = block;
+    std::span<const int32_t> block_tokens = tokens.subspan(i * block_size_, block_size_);
+    if (!source_->load(seq.block_keys[i], block_tokens, block)) {
+      for (size_t j = n; j-- > i;) {
+        if (seq.block_table[j] >= 0) pool_.release(seq.block_table[j]);
+      }
+      seq.block_table.resize(i);
+      seq.block_keys.resize(i);
+      return static_cast<int>(i);
+    }
+    // A false return would mean the key is already indexed; the loaded copy then stays private, still valid.
+    commit_block(block, seq.block_keys[i], block_tokens);
+    ++loaded_blocks_;
+  }
+  return static_cast<int>(n);
+}
+
+bool BlockManager::commit_block(int block, const BlockKey& key, std::span<const int32_t> tokens) {
+  if (!pool_.commit(block, key, tokens)) return false;
+  std::copy(tokens.begin(), tokens.end(),
+            block_tokens_.begin() + static_cast<ptrdiff_t>(block) * block_size_);
+  return true;
 }
 
 int BlockManager::blocks_to_append(const SequenceState& seq, int n) const {
@@ -121,7 +173,7 @@ Status BlockManager::commit_computed(SequenceState& seq, int n_computed) {
     std::span<const int32_t> block_tokens = tokens.subspan(i * block_size_, block_size_);
     BlockKey key = chain_block_key(parent, block_tokens, seq.salt);
     // A false return means another sequence published the same block first; ours stays private.
-    pool_.commit(seq.block_table[i], key, block_tokens);
+    if (seq.cacheable) commit_block(seq.block_table[i], key, block_tokens);
     seq.block_keys.push_back(key);
   }
   seq.num_computed = n_computed;

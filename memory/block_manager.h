@@ -12,6 +12,12 @@
 // A shared block is never written: cached tokens are capped at (n_tokens - 1) rounded down to a block
 // multiple, so the last prompt token is always computed (its logits are needed) and every block the
 // sequence writes is its own. The manager never reads KV bytes and knows no model.
+//
+// Lower tiers: with a BlockSource set (T1 host RAM, T2 disk), a prefix walk that misses T0 goes on while
+// the source holds the chain's next block; allocate() loads each such block into a fresh T0 block, which is
+// then committed under its key and counts as cached like a T0 hit. A load that fails (gone, or rejected by
+// its checksum) ends the cached prefix there; the rest is computed, so a lower tier can cost time, never
+// correctness.
 #pragma once
 
 #include <cstdint>
@@ -32,12 +38,27 @@ struct SequenceState {
   std::vector<int> block_table;      // block ids by position / block_size
   std::vector<BlockKey> block_keys;  // chain keys of the first num_computed / block_size blocks
   int num_computed = 0;              // tokens whose KV is in the blocks
+  // false: the sequence neither reuses cached blocks nor publishes its own (scoring needs every position
+  // computed, and its blocks are worth nothing to requests or to the spill tiers).
+  bool cacheable = true;
 };
 
 struct PrefixMatch {
-  int num_blocks = 0;     // leading full blocks found in the cache
-  int num_tokens = 0;     // num_blocks * block_size
-  int num_free_hits = 0;  // how many of them sit in the free list (taking them uses free capacity)
+  int num_blocks = 0;       // leading full blocks found in the cache
+  int num_tokens = 0;       // num_blocks * block_size
+  int num_free_hits = 0;    // how many of them sit in the free list (taking them uses free capacity)
+  int num_source_hits = 0;  // how many of them the BlockSource holds (each needs a fresh T0 block)
+};
+
+// A lower KV tier as the manager sees it. Both calls take the chain key and the block's token ids.
+class BlockSource {
+ public:
+  virtual ~BlockSource() = default;
+  // Whether a load of `key` is likely to succeed. A query: changes nothing, reads no payload.
+  virtual bool contains(const BlockKey& key) const = 0;
+  // Writes the block's KV into T0 block `block` (exclusively owned by the caller, ref 1); false when the
+  // block is gone or was rejected, and then the block's bytes are unspecified.
+  virtual bool load(const BlockKey& key, std::span<const int32_t> tokens, int block) = 0;
 };
 
 struct KvSlot {
@@ -45,10 +66,11 @@ struct KvSlot {
   int offset = 0;  // token slot inside the block
 };
 
-// Block-granular prefix-cache counters, counted at admission: hits = cached blocks reused, misses = full
-// blocks of the prompt (within the cap above) that had to be computed.
+// Block-granular prefix-cache counters, counted at admission: hits = T0 blocks reused, loaded = blocks
+// taken from the BlockSource, misses = full blocks of the prompt (within the cap above) to be computed.
 struct PrefixCacheStats {
   int64_t hit_blocks = 0;
+  int64_t loaded_blocks = 0;
   int64_t miss_blocks = 0;
   int64_t evictions = 0;
   int num_free = 0;
@@ -63,7 +85,17 @@ class BlockManager {
   const BlockPool& pool() const { return pool_; }
   PrefixCacheStats stats() const;
 
-  // Leading cached full blocks of `tokens` under `salt` (hash chain + token compare), within the cap.
+  // Lower tiers consulted at admission after T0 (nullptr: none). The source must outlive its use here.
+  void set_block_source(BlockSource* source) { source_ = source; }
+  // The token ids of a keyed block (pool().key(block) is set); valid until the block is committed again.
+  // The evict callback may call it for the block being evicted, to spill the block with its tokens.
+  std::span<const int32_t> block_tokens(int block) const {
+    return std::span<const int32_t>(block_tokens_)
+        .subspan(static_cast<size_t>(block) * block_size_, block_size_);
+  }
+
+  // Leading cached full blocks of `tokens` under `salt` (hash chain + token compare in T0, then the
+  // BlockSource's contains()), within the cap. num_free_hits counts T0 blocks only.
   PrefixMatch match_prefix(std::span<const int32_t> tokens, const BlockKey& salt) const;
 
   // Admission of a sequence with an empty table and at least one token: the cached prefix (ref++) plus
@@ -103,12 +135,20 @@ class BlockManager {
  private:
   int blocks_for(int n_tokens) const { return (n_tokens + block_size_ - 1) / block_size_; }
   int blocks_to_append(const SequenceState& seq, int n) const;
-  // Appends the cached prefix's blocks and keys to seq (no ref change); returns the match.
+  // Appends the cached prefix's blocks and keys to seq (no ref change; -1 for a block the source holds);
+  // returns the match.
   PrefixMatch collect_prefix(SequenceState& seq) const;
+  // Takes the T0 hits, then loads the source's blocks in order; on the first failed load, gives back
+  // everything from there on. Returns the number of blocks kept.
+  int take_prefix(SequenceState& seq);
+  bool commit_block(int block, const BlockKey& key, std::span<const int32_t> tokens);
 
   int block_size_;
   BlockPool pool_;
+  BlockSource* source_ = nullptr;
+  std::vector<int32_t> block_tokens_;  // block_size_ ids per block, written when the block gets its key
   int64_t hit_blocks_ = 0;
+  int64_t loaded_blocks_ = 0;
   int64_t miss_blocks_ = 0;
 };
 

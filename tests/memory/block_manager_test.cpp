@@ -2,9 +2,11 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <unordered_map>
 #include <vector>
 
 namespace agentserve::memory {
@@ -308,18 +310,158 @@ TEST_CASE("prefix cache counters count hit and missed blocks at admission") {
   CHECK(s.num_free == 100 - 7 - 1);
 }
 
+TEST_CASE("a sequence that is not cacheable neither reuses nor publishes blocks") {
+  BlockManager m(20, 4);
+  SequenceState a = sequence(prompt(0, 17));
+  prefill(m, a);
+  SequenceState s = sequence(prompt(0, 17));
+  s.cacheable = false;
+  REQUIRE(m.can_allocate(s, 17));
+  auto cached = m.allocate(s, 17);
+  REQUIRE(cached.ok());
+  CHECK(*cached == 0);
+  REQUIRE(m.commit_computed(s, 17).ok());
+  CHECK(s.block_keys.size() == 4);
+  for (int block : s.block_table) CHECK_FALSE(m.pool().key(block).has_value());
+  CHECK(m.pool().num_cached() == 4);  // a's blocks only
+  CHECK(integrity(m, {&a, &s}).ok());
+}
+
+// A lower tier that holds chosen blocks of a chain; load() records which key went into which T0 block.
+class FakeSource : public BlockSource {
+ public:
+  // Holds blocks [first, last) of the chain of `tokens` (block size 4); `failing` blocks fail to load.
+  void hold(const std::vector<int32_t>& tokens, int first, int last, std::vector<int> failing = {}) {
+    BlockKey parent = kRootBlockKey;
+    for (int i = 0; i < last; ++i) {
+      parent = chain_block_key(parent, std::span<const int32_t>(tokens).subspan(i * 4, 4), kSalt);
+      if (i >= first) held_[parent] = std::find(failing.begin(), failing.end(), i) == failing.end();
+    }
+  }
+  bool contains(const BlockKey& key) const override { return held_.count(key) > 0; }
+  bool load(const BlockKey& key, std::span<const int32_t>, int block) override {
+    auto it = held_.find(key);
+    if (it == held_.end() || !it->second) return false;
+    loaded_into[block] = key;
+    return true;
+  }
+  std::unordered_map<int, BlockKey> loaded_into;
+
+ private:
+  std::unordered_map<BlockKey, bool> held_;  // key -> loads fine
+};
+
+TEST_CASE("a prefix missing from T0 is loaded from the block source into fresh blocks that count as cached") {
+  BlockManager m(20, 4);
+  FakeSource source;
+  m.set_block_source(&source);
+  const auto tokens = prompt(0, 17);
+  source.hold(tokens, 0, 4);
+  SequenceState s = sequence(tokens);
+  PrefixMatch match = m.match_prefix(s.tokens, s.salt);
+  CHECK(match.num_blocks == 4);
+  CHECK(match.num_source_hits == 4);
+  CHECK(match.num_free_hits == 0);
+  CHECK(m.can_allocate(s, 1));
+  auto cached = m.allocate(s, 1);
+  REQUIRE(cached.ok());
+  CHECK(*cached == 16);
+  CHECK(s.num_computed == 16);
+  REQUIRE(s.block_table.size() == 5);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(source.loaded_into.at(s.block_table[i]) == s.block_keys[i]);
+    CHECK(m.pool().key(s.block_table[i]) == s.block_keys[i]);
+  }
+  CHECK(m.stats().loaded_blocks == 4);
+  CHECK(m.stats().hit_blocks == 0);
+  CHECK(m.stats().miss_blocks == 0);
+  CHECK(integrity(m, {&s}).ok());
+
+  // Once loaded, the blocks are ordinary T0 cache entries.
+  REQUIRE(m.commit_computed(s, 17).ok());
+  m.release(s);
+  SequenceState t = sequence(tokens);
+  CHECK(prefill(m, t) == 16);
+  CHECK(m.stats().hit_blocks == 4);
+  CHECK(m.stats().loaded_blocks == 4);
+  CHECK(integrity(m, {&t}).ok());
+}
+
+TEST_CASE("a failed load ends the cached prefix there and gives back every block after it") {
+  BlockManager m(20, 4);
+  FakeSource source;
+  const auto tokens = prompt(0, 21);  // 5 eligible blocks
+  SequenceState head = sequence(prompt(0, 9));
+  prefill(m, head);  // blocks 0 and 1 in T0
+  m.release(head);
+  m.set_block_source(&source);
+  source.hold(tokens, 2, 5, {3});
+  SequenceState s = sequence(tokens);
+  PrefixMatch match = m.match_prefix(s.tokens, s.salt);
+  CHECK(match.num_blocks == 5);
+  CHECK(match.num_source_hits == 3);
+  CHECK(match.num_free_hits == 2);
+  const int n_new = static_cast<int>(tokens.size()) - match.num_tokens;
+  REQUIRE(m.can_allocate(s, n_new));
+  auto cached = m.allocate(s, n_new);
+  REQUIRE(cached.ok());
+  CHECK(*cached == 12);  // blocks 0, 1 from T0, 2 loaded, 3 failed
+  CHECK(s.num_computed == 12);
+  CHECK(s.block_table.size() == 4);  // 3 cached + room for the n_new tokens after them
+  CHECK(m.pool().num_free() == 20 - 4);
+  CHECK(m.stats().hit_blocks == 2);
+  CHECK(m.stats().loaded_blocks == 1);
+  CHECK(integrity(m, {&s}).ok());
+  // The rest is computed in chunks like any prefill.
+  REQUIRE(m.commit_computed(s, 12 + n_new).ok());
+  REQUIRE(m.append(s, static_cast<int>(tokens.size()) - s.num_computed).ok());
+  REQUIRE(m.commit_computed(s, 21).ok());
+  CHECK(integrity(m, {&s}).ok());
+}
+
+TEST_CASE("the cap on cached tokens holds for blocks the source has") {
+  BlockManager m(20, 4);
+  FakeSource source;
+  m.set_block_source(&source);
+  const auto tokens = prompt(0, 20);
+  source.hold(tokens, 0, 5);
+  SequenceState s = sequence(tokens);
+  CHECK(m.match_prefix(s.tokens, s.salt).num_blocks == 4);  // the last token is always computed
+  CHECK(prefill(m, s) == 16);
+  CHECK(integrity(m, {&s}).ok());
+}
+
+TEST_CASE("the evict callback can read the evicted block's token ids, tail block first") {
+  std::vector<std::vector<int32_t>> spilled;
+  std::unique_ptr<BlockManager> m;
+  m = std::make_unique<BlockManager>(3, 4, [&](int block, const BlockKey&) {
+    auto t = m->block_tokens(block);
+    spilled.emplace_back(t.begin(), t.end());
+  });
+  SequenceState a = sequence(prompt(0, 9));
+  prefill(*m, a);
+  m->release(a);
+  SequenceState b = sequence(prompt(100, 12));
+  REQUIRE(m->allocate(b, 12).ok());
+  CHECK(spilled == std::vector<std::vector<int32_t>>{prompt(4, 4), prompt(0, 4)});
+}
+
 // Random admissions, prefill chunks, decode steps and releases under memory pressure. Besides the
 // bookkeeping invariants (check_integrity), a shadow "KV" per slot holds a hash of the whole prefix that
 // produced it, so a reused cached block with the wrong content, or a write into a shared block, shows up.
-class RandomWorkload {
+// With `tiered`, evicted blocks spill (shadow and tokens) to a lower tier that admission loads them back
+// from; one load in ten fails, as a corrupt block would, and the block is dropped.
+class RandomWorkload : private BlockSource {
  public:
   static constexpr int kBlocks = 48;
   static constexpr int kBlockSize = 4;
 
-  explicit RandomWorkload(uint32_t seed)
+  explicit RandomWorkload(uint32_t seed, bool tiered = false)
       : rng_(seed),
-        m_(kBlocks, kBlockSize, [this](int block, const BlockKey&) { on_evict(block); }),
-        shadow_(kBlocks * kBlockSize, 0) {
+        m_(kBlocks, kBlockSize, [this](int block, const BlockKey& key) { on_evict(block, key); }),
+        shadow_(kBlocks * kBlockSize, 0),
+        tiered_(tiered) {
+    if (tiered) m_.set_block_source(this);
     for (auto& family : families_) {
       for (int i = 0; i < 40; ++i) family.push_back(uniform(0, 20));
     }
@@ -346,8 +488,31 @@ class RandomWorkload {
   int cached_admissions = 0;
   int refused = 0;
   int evictions = 0;
+  int failed_loads = 0;
+  int64_t loaded_blocks() const { return m_.stats().loaded_blocks; }
 
  private:
+  struct Spilled {
+    std::vector<int32_t> tokens;
+    std::vector<uint64_t> shadow;
+  };
+
+  bool contains(const BlockKey& key) const override { return tier_.count(key) > 0; }
+  bool load(const BlockKey& key, std::span<const int32_t> tokens, int block) override {
+    auto it = tier_.find(key);
+    REQUIRE(it != tier_.end());
+    REQUIRE(std::equal(tokens.begin(), tokens.end(), it->second.tokens.begin(), it->second.tokens.end()));
+    REQUIRE(m_.pool().ref_count(block) == 1);
+    if (uniform(0, 9) == 0) {
+      tier_.erase(it);
+      ++failed_loads;
+      return false;
+    }
+    std::copy(it->second.shadow.begin(), it->second.shadow.end(),
+              shadow_.begin() + static_cast<ptrdiff_t>(block) * kBlockSize);
+    return true;
+  }
+
   int uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
 
   static uint64_t mix(uint64_t h, int32_t token) {
@@ -361,9 +526,13 @@ class RandomWorkload {
     return h;
   }
 
-  void on_evict(int block) {
+  void on_evict(int block, const BlockKey& key) {
     CHECK(m_.pool().ref_count(block) == 0);
     ++evictions;
+    if (!tiered_) return;
+    auto tokens = m_.block_tokens(block);
+    auto first = shadow_.begin() + static_cast<ptrdiff_t>(block) * kBlockSize;
+    tier_[key] = {{tokens.begin(), tokens.end()}, {first, first + kBlockSize}};
   }
 
   void admit() {
@@ -385,7 +554,12 @@ class RandomWorkload {
       ++refused;
       return;
     }
-    CHECK(*cached == match.num_tokens);
+    // Only a failed load from the tier can end the prefix before the match.
+    if (tiered_) {
+      CHECK(*cached <= match.num_tokens);
+    } else {
+      CHECK(*cached == match.num_tokens);
+    }
     CHECK(*cached % kBlockSize == 0);
     CHECK(*cached < static_cast<int>(s->tokens.size()));
     CHECK(m_.capacity(*s) >= *cached + n_new);
@@ -436,6 +610,8 @@ class RandomWorkload {
   std::vector<int32_t> families_[4];
   BlockKey salts_[2] = {make_salt("m", "tenant-1"), make_salt("m", "tenant-2")};
   std::vector<std::unique_ptr<SequenceState>> live_;
+  bool tiered_ = false;
+  std::unordered_map<BlockKey, Spilled> tier_;
 };
 
 TEST_CASE("randomized admissions, chunks, decodes and releases keep every invariant and the right KV") {
@@ -446,6 +622,16 @@ TEST_CASE("randomized admissions, chunks, decodes and releases keep every invari
     CHECK(w.cached_admissions > 50);
     CHECK(w.evictions > 50);
     CHECK(w.refused > 10);
+  }
+}
+
+TEST_CASE("randomized workload with a spill tier loads evicted blocks back with the right KV") {
+  for (uint32_t seed : {4u, 5u, 6u}) {
+    RandomWorkload w(seed, true);
+    for (int i = 0; i < 3000; ++i) w.step();
+    CHECK(w.loaded_blocks() > 50);
+    CHECK(w.failed_loads > 5);
+    CHECK(w.evictions > 50);
   }
 }
 
