@@ -35,7 +35,8 @@ Status write_npy_f32(const std::filesystem::path& path, std::span<const float> d
   const char len_bytes[2] = {static_cast<char>(header_len & 0xff), static_cast<char>(header_len >> 8)};
   out.write(len_bytes, 2);
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size() * sizeof(float)));
+  out.write(reinterpret_cast<const char*>(data.data()),
+            static_cast<std::streamsize>(data.size() * sizeof(float)));
   if (!out) return Status::io_error("write to " + path.string() + " failed");
   return {};
 }

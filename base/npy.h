@@ -13,6 +13,7 @@
 namespace agentserve {
 
 // A C-order float32 array of the given shape; shape's product must equal data.size().
-Status write_npy_f32(const std::filesystem::path& path, std::span<const float> data, std::span<const int64_t> shape);
+Status write_npy_f32(const std::filesystem::path& path, std::span<const float> data,
+                     std::span<const int64_t> shape);
 
 }  // namespace agentserve

@@ -5,8 +5,9 @@
 //   prefill     prefill tokens/s on a 2,048-token prompt and the fraction of the measured FMA peak
 //   kv          resident memory per 1k tokens of KV against the layout's theoretical size
 //   long        (only when asked) one sequence to --context tokens (default 131072, YaRN), e.g. on tiny
-// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--bf16-activations] [--quick]
-// Make the model with: agentserve make-model --preset bench --out models/bench
+// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N]
+// [--bf16-activations] [--quick] Make the model with: agentserve make-model --preset bench --out models/bench
+#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -17,7 +18,6 @@
 #include <random>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "bench/machine_limits.h"
@@ -50,15 +50,16 @@ double weight_bytes_per_token(const engine::ModelConfig& c, const engine::ModelW
   for (const auto& layer : w.layers) {
     bytes += matrix_bytes(layer.q_proj) + matrix_bytes(layer.k_proj) + matrix_bytes(layer.v_proj) +
              matrix_bytes(layer.o_proj);
-    bytes += 4.0 * (layer.input_layernorm.size() + layer.post_attention_layernorm.size() + layer.q_norm.size() +
-                    layer.k_norm.size());
+    bytes += 4.0 * (layer.input_layernorm.size() + layer.post_attention_layernorm.size() +
+                    layer.q_norm.size() + layer.k_norm.size());
     if (layer.is_moe) {
       bytes += matrix_bytes(layer.router);
       const auto& e = layer.experts[0];
       bytes += static_cast<double>(c.num_experts_per_tok) *
                (matrix_bytes(e.gate_proj) + matrix_bytes(e.up_proj) + matrix_bytes(e.down_proj));
     } else {
-      bytes += matrix_bytes(layer.mlp.gate_proj) + matrix_bytes(layer.mlp.up_proj) + matrix_bytes(layer.mlp.down_proj);
+      bytes += matrix_bytes(layer.mlp.gate_proj) + matrix_bytes(layer.mlp.up_proj) +
+               matrix_bytes(layer.mlp.down_proj);
     }
   }
   bytes += matrix_bytes(w.lm_head) + 4.0 * w.norm.size();
@@ -161,14 +162,15 @@ int run(const Args& args) {
 
   ThreadPool pool(args.threads);
   const MachineLimits limits = measure_machine_limits(pool, args.quick);
-  std::printf("machine: %u hardware threads, using %d; copy %.1f GB/s (read+write), read %.1f GB/s, "
-              "FMA peak %.1f GFLOP/s\n",
-              std::thread::hardware_concurrency(), args.threads, limits.copy_gbs, limits.read_gbs,
-              limits.fma_gflops);
+  std::printf(
+      "machine: %u hardware threads, using %d; copy %.1f GB/s (read+write), read %.1f GB/s, "
+      "FMA peak %.1f GFLOP/s\n",
+      std::thread::hardware_concurrency(), args.threads, limits.copy_gbs, limits.read_gbs, limits.fma_gflops);
   std::printf("arithmetic: %s\n", args.bf16_activations ? "BF16 activations for batched rows (8+)" : "f32");
-  std::printf("model: %s | %d layers, hidden %lld, %d experts top-%d, weights %s | %.1f MB touched per token\n",
-              args.model.c_str(), cfg.num_hidden_layers, static_cast<long long>(cfg.hidden_size), cfg.num_experts,
-              cfg.num_experts_per_tok, weight_elem_size == 2 ? "bf16" : "f32", weight_bytes / 1e6);
+  std::printf(
+      "model: %s | %d layers, hidden %lld, %d experts top-%d, weights %s | %.1f MB touched per token\n",
+      args.model.c_str(), cfg.num_hidden_layers, static_cast<long long>(cfg.hidden_size), cfg.num_experts,
+      cfg.num_experts_per_tok, weight_elem_size == 2 ? "bf16" : "f32", weight_bytes / 1e6);
 
   if (want("decode")) {
     const int prompt_len = 32, gen_len = args.quick ? 16 : 64;
@@ -176,20 +178,21 @@ int run(const Args& args) {
     if (!g.ok()) return 1;
     const double decode_s = g->usage.total_time_s - g->usage.time_to_first_token_s;
     const double tps = (g->usage.completion_tokens - 1) / decode_s;
-    const double kv_bytes = 2.0 * cfg.num_hidden_layers * cfg.num_key_value_heads * static_cast<double>(cfg.head_dim) *
-                            4.0 * (prompt_len + gen_len / 2.0);
+    const double kv_bytes = 2.0 * cfg.num_hidden_layers * cfg.num_key_value_heads *
+                            static_cast<double>(cfg.head_dim) * 4.0 * (prompt_len + gen_len / 2.0);
     const double bytes = weight_bytes + kv_bytes;
-    std::printf("decode batch 1: %.2f tok/s (%.1f ms/token); %.2f GB/s of weights+KV = %.2f of the copy "
-                "bandwidth, %.2f of the read bandwidth\n",
-                tps, 1e3 / tps, tps * bytes / 1e9, tps * bytes / 1e9 / limits.copy_gbs,
-                tps * bytes / 1e9 / limits.read_gbs);
+    std::printf(
+        "decode batch 1: %.2f tok/s (%.1f ms/token); %.2f GB/s of weights+KV = %.2f of the copy "
+        "bandwidth, %.2f of the read bandwidth\n",
+        tps, 1e3 / tps, tps * bytes / 1e9, tps * bytes / 1e9 / limits.copy_gbs,
+        tps * bytes / 1e9 / limits.read_gbs);
   }
   if (want("batch")) {
     // With many sequences a step is compute-bound: every token multiplies through the weights it touches.
     const double elems = weight_bytes / static_cast<double>(weight_elem_size);
     const double ceiling = limits.fma_gflops * 1e9 / flops_per_token(cfg, elems, 32);
-    std::printf("compute ceiling for batched decode at the FMA peak: %.0f tok/s (%.0f MFLOP per token)\n", ceiling,
-                flops_per_token(cfg, elems, 32) / 1e6);
+    std::printf("compute ceiling for batched decode at the FMA peak: %.0f tok/s (%.0f MFLOP per token)\n",
+                ceiling, flops_per_token(cfg, elems, 32) / 1e6);
     double single = 0;
     for (int n : {1, 4, 16, 64}) {
       if (args.quick && n > 16) break;
@@ -205,11 +208,13 @@ int run(const Args& args) {
     if (!g.ok()) return 1;
     const double tps = prompt_len / g->usage.time_to_first_token_s;
     // Prefill touches every expert's rows once per token routed there: count active weights per token.
-    const double weight_elems = (weight_bytes - matrix_bytes(weights->lm_head)) / static_cast<double>(weight_elem_size);
+    const double weight_elems =
+        (weight_bytes - matrix_bytes(weights->lm_head)) / static_cast<double>(weight_elem_size);
     const double gflops = tps * flops_per_token(cfg, weight_elems, prompt_len / 2) / 1e9;
-    std::printf("prefill %d tokens: %.1f tok/s, %.1f GFLOP/s = %.3f of the FMA peak (lm_head on the last token "
-                "only)\n",
-                prompt_len, tps, gflops, gflops / limits.fma_gflops);
+    std::printf(
+        "prefill %d tokens: %.1f tok/s, %.1f GFLOP/s = %.3f of the FMA peak (lm_head on the last token "
+        "only)\n",
+        prompt_len, tps, gflops, gflops / limits.fma_gflops);
   }
   if (args.only == "long") {
     // One sequence to the full context (YaRN positions past the original 32k): prefill of context - 8
@@ -221,11 +226,12 @@ int run(const Args& args) {
       return 1;
     }
     const double decode_s = g->usage.total_time_s - g->usage.time_to_first_token_s;
-    std::printf("long context: %d-token prompt prefilled in %.1f s (%.0f tok/s); %d tokens decoded at position "
-                "%d at %.2f tok/s; finish %s\n",
-                prompt_len, g->usage.time_to_first_token_s, prompt_len / g->usage.time_to_first_token_s,
-                g->usage.completion_tokens, prompt_len + 8, (g->usage.completion_tokens - 1) / decode_s,
-                engine::finish_reason_name(g->finish_reason));
+    std::printf(
+        "long context: %d-token prompt prefilled in %.1f s (%.0f tok/s); %d tokens decoded at position "
+        "%d at %.2f tok/s; finish %s\n",
+        prompt_len, g->usage.time_to_first_token_s, prompt_len / g->usage.time_to_first_token_s,
+        g->usage.completion_tokens, prompt_len + 8, (g->usage.completion_tokens - 1) / decode_s,
+        engine::finish_reason_name(g->finish_reason));
   }
   if (want("kv")) {
     // Two engines whose KV pools differ by 1 GiB, each after serving a 4k-token sequence: the difference
@@ -246,10 +252,11 @@ int run(const Args& args) {
     const auto& layout = eng.kv_layout();
     const double theory = static_cast<double>(layout.block_bytes()) / layout.block_size * 1000.0;
     const double measured = (large - small) / static_cast<double>(large_tokens - small_tokens) * 1000.0;
-    std::printf("KV per 1k tokens: theoretical %.1f KiB (f32: %d layers x %d kv heads x %d dims x K,V x 4 B); "
-                "measured %.1f KiB resident (%.3fx)\n",
-                theory / 1024, layout.n_layers, layout.n_kv_heads, layout.head_dim, measured / 1024,
-                measured / theory);
+    std::printf(
+        "KV per 1k tokens: theoretical %.1f KiB (f32: %d layers x %d kv heads x %d dims x K,V x 4 B); "
+        "measured %.1f KiB resident (%.3fx)\n",
+        theory / 1024, layout.n_layers, layout.n_kv_heads, layout.head_dim, measured / 1024,
+        measured / theory);
   }
   return 0;
 }
@@ -261,19 +268,28 @@ int main(int argc, char** argv) {
   agentserve::bench::Args args;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--model" && i + 1 < argc) args.model = argv[++i];
-    else if (a == "--threads" && i + 1 < argc) args.threads = std::stoi(argv[++i]);
-    else if (a == "--only" && i + 1 < argc) args.only = argv[++i];
-    else if (a == "--quick") args.quick = true;
-    else if (a == "--context" && i + 1 < argc) args.context = std::stoi(argv[++i]);
-    else if (a == "--bf16-activations") args.bf16_activations = true;
+    if (a == "--model" && i + 1 < argc)
+      args.model = argv[++i];
+    else if (a == "--threads" && i + 1 < argc)
+      args.threads = std::stoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc)
+      args.only = argv[++i];
+    else if (a == "--quick")
+      args.quick = true;
+    else if (a == "--context" && i + 1 < argc)
+      args.context = std::stoi(argv[++i]);
+    else if (a == "--bf16-activations")
+      args.bf16_activations = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N] [--bf16-activations] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] "
+                   "[--context N] [--bf16-activations] [--quick]\n");
       return 2;
     }
   }
   if (args.model.empty()) {
-    std::fprintf(stderr, "engine_bench: --model DIR is required (agentserve make-model --preset bench --out DIR)\n");
+    std::fprintf(stderr,
+                 "engine_bench: --model DIR is required (agentserve make-model --preset bench --out DIR)\n");
     return 2;
   }
   return agentserve::bench::run(args);

@@ -9,7 +9,9 @@
 namespace agentserve::engine {
 namespace {
 
-size_t sz_t(int v) { return static_cast<size_t>(v); }
+size_t sz_t(int v) {
+  return static_cast<size_t>(v);
+}
 
 double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -19,11 +21,16 @@ double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::ste
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return "none";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kCancelled: return "cancelled";
-    case FinishReason::kError: return "error";
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
   }
   return "unknown";
 }
@@ -64,14 +71,16 @@ Status Engine::init(const EngineOptions& options) {
   const int64_t tokenizer_vocab = tokenizer_->vocab_size();
   if (tokenizer_vocab < config_.vocab_size) {
     sample_mask_.assign(static_cast<size_t>((config_.vocab_size + 31) / 32), 0u);
-    for (int64_t id = 0; id < tokenizer_vocab; ++id) sample_mask_[static_cast<size_t>(id / 32)] |= 1u << (id % 32);
+    for (int64_t id = 0; id < tokenizer_vocab; ++id)
+      sample_mask_[static_cast<size_t>(id / 32)] |= 1u << (id % 32);
   }
 
   max_context_ = static_cast<int>(std::min<int64_t>(config_.max_position_embeddings, INT32_MAX));
   if (options.max_context > 0) max_context_ = std::min(max_context_, options.max_context);
 
-  const int n_threads = options.n_threads > 0 ? options.n_threads
-                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n_threads = options.n_threads > 0
+                            ? options.n_threads
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(n_threads);
   model_ = std::make_unique<Qwen3MoeModel>(config_, *weights_, *pool_, options.max_step_tokens,
                                            options.bf16_activations);
@@ -84,8 +93,8 @@ Status Engine::init(const EngineOptions& options) {
   const int n_blocks = layout.blocks_that_fit(options.kv_cache_bytes);
   if (n_blocks < 2) {
     return Status::invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) +
-                                    " holds fewer than 2 KV blocks of " + std::to_string(layout.block_stride()) +
-                                    " bytes");
+                                    " holds fewer than 2 KV blocks of " +
+                                    std::to_string(layout.block_stride()) + " bytes");
   }
   AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
   arena_.emplace(std::move(arena));
@@ -104,12 +113,13 @@ Status Engine::init(const EngineOptions& options) {
     blocks_ = std::make_unique<memory::BlockManager>(n_blocks, options.block_size);
   }
   scheduler_ = std::make_unique<Scheduler>(
-      SchedulerOptions{.max_step_tokens = options.max_step_tokens, .max_running = options.max_running}, *blocks_);
+      SchedulerOptions{.max_step_tokens = options.max_step_tokens, .max_running = options.max_running},
+      *blocks_);
   counters_.kv_blocks_total = n_blocks;
   counters_.kv_blocks_free = n_blocks;
   spdlog::info("engine: {} layers, {} experts (top-{}), {} threads, {} KV blocks of {} tokens ({:.1f} MiB)",
-               config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads, n_blocks,
-               options.block_size, static_cast<double>(arena_->total_bytes()) / (1 << 20));
+               config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads,
+               n_blocks, options.block_size, static_cast<double>(arena_->total_bytes()) / (1 << 20));
   return {};
 }
 
@@ -134,7 +144,8 @@ Result<RequestId> Engine::submit(GenerationRequest request) {
     const int32_t id = request.prompt[i];
     if (id < 0 || id >= config_.vocab_size) {
       return Status::invalid_argument("prompt token " + std::to_string(i) + " has id " + std::to_string(id) +
-                                      ", outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
+                                      ", outside the vocabulary [0, " + std::to_string(config_.vocab_size) +
+                                      ")");
     }
   }
   const int prompt_len = static_cast<int>(request.prompt.size());
@@ -144,16 +155,16 @@ Result<RequestId> Engine::submit(GenerationRequest request) {
                                 " and at least one token must be generated");
   }
   AS_RETURN_IF_ERROR(request.sampling.validate(static_cast<int>(config_.vocab_size)));
-  const int64_t final_len = std::min<int64_t>(static_cast<int64_t>(prompt_len) + request.sampling.max_tokens,
-                                              max_context_);
+  const int64_t final_len =
+      std::min<int64_t>(static_cast<int64_t>(prompt_len) + request.sampling.max_tokens, max_context_);
   const int64_t blocks_needed = (final_len + options_.block_size - 1) / options_.block_size;
   if (blocks_needed > counters_.kv_blocks_total) {
-    return Status::resource_exhausted("request needs up to " + std::to_string(blocks_needed) +
-                                      " KV blocks; the pool has " + std::to_string(counters_.kv_blocks_total) +
-                                      " (raise the KV cache size or lower max_tokens)");
+    return Status::resource_exhausted(
+        "request needs up to " + std::to_string(blocks_needed) + " KV blocks; the pool has " +
+        std::to_string(counters_.kv_blocks_total) + " (raise the KV cache size or lower max_tokens)");
   }
-  AS_ASSIGN_OR_RETURN(auto sampler,
-                      Sampler::create(request.sampling, static_cast<int>(config_.vocab_size), request.prompt));
+  AS_ASSIGN_OR_RETURN(
+      auto sampler, Sampler::create(request.sampling, static_cast<int>(config_.vocab_size), request.prompt));
 
   int64_t waiting = 0;
   {
@@ -189,7 +200,8 @@ void Engine::run() {
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !scheduler_->idle(); });
+      wake_.wait(lock,
+                 [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !scheduler_->idle(); });
       if (stopping_) break;
     }
     drain_inbox();
@@ -240,7 +252,8 @@ void Engine::finish(Sequence* seq, FinishReason reason, Status error) {
   event.usage.cached_tokens = std::max(0, seq->cached_tokens);
   event.usage.completion_tokens = seq->generated;
   event.usage.total_time_s = seconds_between(seq->submitted_at, now);
-  if (seq->first_token_at) event.usage.time_to_first_token_s = seconds_between(seq->submitted_at, *seq->first_token_at);
+  if (seq->first_token_at)
+    event.usage.time_to_first_token_s = seconds_between(seq->submitted_at, *seq->first_token_at);
   {
     std::lock_guard lock(counters_mutex_);
     counters_.requests_finished++;
@@ -283,10 +296,11 @@ void Engine::step() {
   forward_chunks_.clear();
   for (const ScheduledChunk& c : plan.chunks) {
     const auto& tokens = c.sequence->kv.tokens;
-    forward_chunks_.push_back({.tokens = std::span<const int32_t>(tokens).subspan(sz_t(c.start), sz_t(c.n_tokens)),
-                               .start_position = c.start,
-                               .block_table = c.sequence->kv.block_table,
-                               .logits = c.samples ? LogitsWanted::kLast : LogitsWanted::kNone});
+    forward_chunks_.push_back(
+        {.tokens = std::span<const int32_t>(tokens).subspan(sz_t(c.start), sz_t(c.n_tokens)),
+         .start_position = c.start,
+         .block_table = c.sequence->kv.block_table,
+         .logits = c.samples ? LogitsWanted::kLast : LogitsWanted::kNone});
   }
   Status status = model_->forward(forward_chunks_, *arena_, logits_);
   if (!status.ok()) {
@@ -314,9 +328,11 @@ void Engine::step() {
     event.request_id = seq->id;
     const bool done = accept_token(seq, *sample, event);
     ++decoded;
-    const bool stopped = is_stop_token(seq->request.sampling, sample->token, eos_ids_) || seq->stop_matcher.stopped();
+    const bool stopped =
+        is_stop_token(seq->request.sampling, sample->token, eos_ids_) || seq->stop_matcher.stopped();
     if (done) {
-      if (seq->request.on_event && (!event.tokens.empty() || !event.text.empty())) seq->request.on_event(event);
+      if (seq->request.on_event && (!event.tokens.empty() || !event.text.empty()))
+        seq->request.on_event(event);
       finish(seq, stopped ? FinishReason::kStop : FinishReason::kLength);
     } else if (seq->request.on_event) {
       seq->request.on_event(event);
@@ -377,8 +393,8 @@ Result<Generation> Engine::generate(std::vector<int32_t> prompt, const SamplingP
 Result<std::vector<float>> Engine::score(std::span<const int32_t> ids) {
   if (ids.empty()) return Status::invalid_argument("nothing to score: ids are empty");
   if (static_cast<int>(ids.size()) > max_context_) {
-    return Status::out_of_range("ids have " + std::to_string(ids.size()) + " tokens, past the context limit " +
-                                std::to_string(max_context_));
+    return Status::out_of_range("ids have " + std::to_string(ids.size()) +
+                                " tokens, past the context limit " + std::to_string(max_context_));
   }
   std::lock_guard model_lock(model_mutex_);
   memory::SequenceState seq;
@@ -396,17 +412,20 @@ Result<std::vector<float>> Engine::score(std::span<const int32_t> ids) {
   for (int start = 0; start < n && status.ok(); start += chunk) {
     const int len = std::min(chunk, n - start);
     if (start == 0) {
-      if (!blocks_->can_allocate(seq, len)) status = Status::resource_exhausted("KV cache is busy or too small");
+      if (!blocks_->can_allocate(seq, len))
+        status = Status::resource_exhausted("KV cache is busy or too small");
       if (status.ok()) status = blocks_->allocate(seq, len).status();
-      if (status.ok() && seq.num_computed != 0) status = Status::internal("score sequence reused cached blocks");
+      if (status.ok() && seq.num_computed != 0)
+        status = Status::internal("score sequence reused cached blocks");
     } else if (!blocks_->can_append(seq, len)) {
-      status = Status::resource_exhausted("KV cache is busy or too small to score " + std::to_string(n) + " tokens");
+      status = Status::resource_exhausted("KV cache is busy or too small to score " + std::to_string(n) +
+                                          " tokens");
     } else {
       status = blocks_->append(seq, len);
     }
     if (!status.ok()) break;
-    const ForwardChunk fc{.tokens = std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(start),
-                                                                                 static_cast<size_t>(len)),
+    const ForwardChunk fc{.tokens = std::span<const int32_t>(seq.tokens)
+                                        .subspan(static_cast<size_t>(start), static_cast<size_t>(len)),
                           .start_position = start,
                           .block_table = seq.block_table,
                           .logits = LogitsWanted::kAll};

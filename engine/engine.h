@@ -64,10 +64,10 @@ struct EngineOptions {
 // Cumulative counters since start (read from any thread).
 struct EngineCounters {
   int64_t steps = 0;
-  int64_t prompt_tokens = 0;       // prompt tokens of finished and running requests
-  int64_t prefill_tokens = 0;      // prompt tokens actually computed (prefix hits skip theirs)
+  int64_t prompt_tokens = 0;   // prompt tokens of finished and running requests
+  int64_t prefill_tokens = 0;  // prompt tokens actually computed (prefix hits skip theirs)
   int64_t cached_prompt_tokens = 0;
-  int64_t decode_tokens = 0;       // sampled tokens
+  int64_t decode_tokens = 0;  // sampled tokens
   int64_t preemptions = 0;
   int64_t requests_finished = 0;
   int64_t running = 0;

@@ -5,12 +5,12 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/moe_router.h"
+#include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
-#include "kernels/cpu/moe_router.h"
 
 namespace agentserve::engine {
 namespace {
@@ -19,7 +19,9 @@ namespace {
 // that two threads get balanced work on the narrow projections of small models.
 constexpr int kRowsPerItem = 32;
 
-size_t sz(int64_t v) { return static_cast<size_t>(v); }
+size_t sz(int64_t v) {
+  return static_cast<size_t>(v);
+}
 
 }  // namespace
 
@@ -42,11 +44,12 @@ Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weig
       bf16_activations_(bf16_activations) {
   std::optional<kernels::YarnScaling> yarn;
   if (config.rope_scaling) {
-    yarn = kernels::YarnScaling{.factor = config.rope_scaling->factor,
-                                .original_max_position = static_cast<int>(config.rope_scaling->original_max_position_embeddings),
-                                .beta_fast = config.rope_scaling->beta_fast,
-                                .beta_slow = config.rope_scaling->beta_slow,
-                                .attention_factor = config.rope_scaling->attention_factor};
+    yarn = kernels::YarnScaling{
+        .factor = config.rope_scaling->factor,
+        .original_max_position = static_cast<int>(config.rope_scaling->original_max_position_embeddings),
+        .beta_fast = config.rope_scaling->beta_fast,
+        .beta_slow = config.rope_scaling->beta_slow,
+        .attention_factor = config.rope_scaling->attention_factor};
   }
   const int head_dim = static_cast<int>(config.head_dim);
   inv_freq_ = kernels::rope_inv_freq(head_dim, config.rope_theta, yarn ? &*yarn : nullptr);
@@ -79,7 +82,8 @@ Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weig
   grouped_act_.resize(grouped_rows * widest_mlp * 2);
   grouped_out_.resize(grouped_rows * hidden);
   moe_out_.resize(t * hidden);
-  if (bf16_activations_) x_bf16_.resize(std::max({t * hidden, t * q_dim, grouped_rows * hidden, grouped_rows * widest_mlp}));
+  if (bf16_activations_)
+    x_bf16_.resize(std::max({t * hidden, t * q_dim, grouped_rows * hidden, grouped_rows * widest_mlp}));
 
   expert_load_.n_layers = config.num_hidden_layers;
   expert_load_.n_experts = config.num_experts;
@@ -95,7 +99,8 @@ Status Qwen3MoeModel::check_chunks(std::span<const ForwardChunk> chunks, const m
   const int block_size = kv.layout().block_size;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const ForwardChunk& chunk = chunks[c];
-    if (chunk.tokens.empty()) return Status::invalid_argument("chunk " + std::to_string(c) + " has no tokens");
+    if (chunk.tokens.empty())
+      return Status::invalid_argument("chunk " + std::to_string(c) + " has no tokens");
     if (chunk.start_position < 0) return Status::invalid_argument("negative start position");
     total += static_cast<int64_t>(chunk.tokens.size());
     const int64_t end = chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
@@ -118,19 +123,20 @@ Status Qwen3MoeModel::check_chunks(std::span<const ForwardChunk> chunks, const m
     }
   }
   if (total > max_step_tokens_) {
-    return Status::invalid_argument("step has " + std::to_string(total) + " tokens, more than max_step_tokens " +
-                                    std::to_string(max_step_tokens_));
+    return Status::invalid_argument("step has " + std::to_string(total) +
+                                    " tokens, more than max_step_tokens " + std::to_string(max_step_tokens_));
   }
   return {};
 }
 
 void Qwen3MoeModel::convert_to_bf16_scratch(const float* x, size_t n) {
   constexpr int64_t kPerItem = 1 << 14;
-  pool_.parallel_for((static_cast<int64_t>(n) + kPerItem - 1) / kPerItem, [&](int64_t begin, int64_t end, int) {
-    const size_t first = sz(begin * kPerItem);
-    const size_t last = std::min(n, sz(end * kPerItem));
-    kernels::convert_activations_bf16(x_bf16_.data() + first, x + first, last - first);
-  });
+  pool_.parallel_for((static_cast<int64_t>(n) + kPerItem - 1) / kPerItem,
+                     [&](int64_t begin, int64_t end, int) {
+                       const size_t first = sz(begin * kPerItem);
+                       const size_t last = std::min(n, sz(end * kPerItem));
+                       kernels::convert_activations_bf16(x_bf16_.data() + first, x + first, last - first);
+                     });
 }
 
 void Qwen3MoeModel::parallel_matmul(float* y, const float* x, const WeightMatrix& w, int n_tokens) {
@@ -163,7 +169,8 @@ Status Qwen3MoeModel::forward(std::span<const ForwardChunk> chunks, memory::KvAr
     for (size_t i = 0; i < chunks[c].tokens.size(); ++i) {
       const int32_t id = chunks[c].tokens[i];
       const WeightMatrix& embed = weights_.embed_tokens;
-      const auto* row = static_cast<const std::byte*>(embed.data) + sz(id) * sz(hidden) * kernels::dtype_size(embed.dtype);
+      const auto* row =
+          static_cast<const std::byte*>(embed.data) + sz(id) * sz(hidden) * kernels::dtype_size(embed.dtype);
       kernels::convert_to_f32(&hidden_[sz(n_tokens) * sz(hidden)], row, embed.dtype, sz(hidden));
       positions_[sz(n_tokens)] = chunks[c].start_position + static_cast<int>(i);
       ++n_tokens;
@@ -191,9 +198,11 @@ Status Qwen3MoeModel::forward(std::span<const ForwardChunk> chunks, memory::KvAr
   for (const ForwardChunk& chunk : chunks) {
     const int n = static_cast<int>(chunk.tokens.size());
     for (int i = 0; i < n; ++i, ++token) {
-      const bool wanted = chunk.logits == LogitsWanted::kAll || (chunk.logits == LogitsWanted::kLast && i == n - 1);
+      const bool wanted =
+          chunk.logits == LogitsWanted::kAll || (chunk.logits == LogitsWanted::kLast && i == n - 1);
       if (!wanted) continue;
-      std::memmove(&normed_[sz(n_rows) * sz(hidden)], &hidden_[sz(token) * sz(hidden)], sz(hidden) * sizeof(float));
+      std::memmove(&normed_[sz(n_rows) * sz(hidden)], &hidden_[sz(token) * sz(hidden)],
+                   sz(hidden) * sizeof(float));
       ++n_rows;
     }
   }
@@ -240,8 +249,10 @@ void Qwen3MoeModel::attention_block(int layer, std::span<const ForwardChunk> chu
   // Qwen3's per-head norms run over head_dim with one weight shared by all heads, before RoPE.
   kernels::rmsnorm(q_.data(), q_.data(), lw.q_norm.data(), n_tokens * n_heads, head_dim, eps);
   kernels::rmsnorm(k_.data(), k_.data(), lw.k_norm.data(), n_tokens * n_kv_heads, head_dim, eps);
-  kernels::apply_rope(q_.data(), n_tokens, n_heads, head_dim, sz(n_heads) * sz(head_dim), cos_.data(), sin_.data());
-  kernels::apply_rope(k_.data(), n_tokens, n_kv_heads, head_dim, sz(n_kv_heads) * sz(head_dim), cos_.data(), sin_.data());
+  kernels::apply_rope(q_.data(), n_tokens, n_heads, head_dim, sz(n_heads) * sz(head_dim), cos_.data(),
+                      sin_.data());
+  kernels::apply_rope(k_.data(), n_tokens, n_kv_heads, head_dim, sz(n_kv_heads) * sz(head_dim), cos_.data(),
+                      sin_.data());
   write_kv(layer, chunks, kv);
 
   // Each chunk's block pointers for this layer, gathered once so attention reads them without lookups.
@@ -308,8 +319,8 @@ void Qwen3MoeModel::moe_block(int layer, int n_tokens) {
     const int n_experts = config_.num_experts;
     const int top_k = config_.num_experts_per_tok;
     parallel_matmul(router_logits_.data(), normed_.data(), lw.router, n_tokens);
-    kernels::moe_route(expert_ids_.data(), expert_weights_.data(), router_logits_.data(), n_tokens, n_experts, top_k,
-                       config_.norm_topk_prob);
+    kernels::moe_route(expert_ids_.data(), expert_weights_.data(), router_logits_.data(), n_tokens, n_experts,
+                       top_k, config_.norm_topk_prob);
 
     // Counting sort of (token, expert) pairs by expert, so each expert's rows are contiguous.
     std::fill(group_offsets_.begin(), group_offsets_.begin() + n_experts + 1, 0);
@@ -366,11 +377,11 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
   const bool bf16_path = bf16_activations_ && experts[0].gate_proj.dtype == kernels::DType::kBF16;
   if (bf16_path) convert_to_bf16_scratch(grouped_x_.data(), sz(n_rows) * sz(hidden));
   // Experts with few rows stay on the f32 path (memory-bound there, nothing to gain from BF16 math).
-  auto expert_matmul = [&](float* y, const float* x, size_t x_offset, const WeightMatrix& w, int n, int in_dim,
-                           int out_dim, int row_begin, int row_end) {
+  auto expert_matmul = [&](float* y, const float* x, size_t x_offset, const WeightMatrix& w, int n,
+                           int in_dim, int out_dim, int row_begin, int row_end) {
     if (bf16_path && n >= kBf16ActivationMinTokens) {
-      kernels::matmul_bf16_activations(y, x_bf16_.data() + x_offset, static_cast<const bf16*>(w.data), n, in_dim,
-                                       out_dim, row_begin, row_end);
+      kernels::matmul_bf16_activations(y, x_bf16_.data() + x_offset, static_cast<const bf16*>(w.data), n,
+                                       in_dim, out_dim, row_begin, row_end);
     } else {
       kernels::matmul(y, x, w.data, w.dtype, n, in_dim, out_dim, row_begin, row_end);
     }
@@ -403,8 +414,8 @@ void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<
       const LayerExpert& ex = experts[sz(it.expert)];
       const int first = group_offsets[sz(it.expert)];
       const int n = group_offsets[sz(it.expert) + 1] - first;
-      expert_matmul(&grouped_out_[sz(first) * sz(hidden)], gate_out + sz(first) * sz(inter), sz(first) * sz(inter),
-                    ex.down_proj, n, inter, hidden, it.row_begin, it.row_end);
+      expert_matmul(&grouped_out_[sz(first) * sz(hidden)], gate_out + sz(first) * sz(inter),
+                    sz(first) * sz(inter), ex.down_proj, n, inter, hidden, it.row_begin, it.row_end);
     }
   });
 }

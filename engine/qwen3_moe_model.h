@@ -41,7 +41,9 @@ struct ExpertLoad {
   int n_experts = 0;
   std::vector<int64_t> routed_tokens;  // [n_layers][n_experts]
 
-  int64_t at(int layer, int expert) const { return routed_tokens[static_cast<size_t>(layer) * n_experts + expert]; }
+  int64_t at(int layer, int expert) const {
+    return routed_tokens[static_cast<size_t>(layer) * n_experts + expert];
+  }
   // max / mean over the experts of one layer; 0 when the layer saw no token.
   double imbalance(int layer) const;
 };
@@ -76,7 +78,8 @@ class Qwen3MoeModel {
   void write_kv(int layer, std::span<const ForwardChunk> chunks, memory::KvArena& kv);
   void moe_block(int layer, int n_tokens);
   // SwiGLU experts over tokens already grouped by expert (a dense MLP is one expert holding every token).
-  void run_experts(std::span<const LayerExpert> experts, std::span<const int> group_offsets, int hidden_in_rows);
+  void run_experts(std::span<const LayerExpert> experts, std::span<const int> group_offsets,
+                   int hidden_in_rows);
   void parallel_matmul(float* y, const float* x, const WeightMatrix& w, int n_tokens);
   bool use_bf16_activations(const WeightMatrix& w, int n_tokens) const {
     return bf16_activations_ && w.dtype == kernels::DType::kBF16 && n_tokens >= kBf16ActivationMinTokens;
@@ -96,11 +99,11 @@ class Qwen3MoeModel {
   // Per-step buffers, sized for max_step_tokens at construction.
   std::vector<float> hidden_, normed_, q_, k_, v_, attn_, proj_, router_logits_, cos_, sin_;
   std::vector<int32_t> positions_;
-  std::vector<int32_t> expert_ids_;       // [n_tokens][top_k]
-  std::vector<float> expert_weights_;     // [n_tokens][top_k]
-  std::vector<int> group_offsets_;        // [n_experts + 1] into the grouped rows
-  std::vector<int> group_token_;          // grouped row -> token
-  std::vector<float> group_weight_;       // grouped row -> routing weight
+  std::vector<int32_t> expert_ids_;    // [n_tokens][top_k]
+  std::vector<float> expert_weights_;  // [n_tokens][top_k]
+  std::vector<int> group_offsets_;     // [n_experts + 1] into the grouped rows
+  std::vector<int> group_token_;       // grouped row -> token
+  std::vector<float> group_weight_;    // grouped row -> routing weight
   std::vector<float> grouped_x_, grouped_act_, grouped_out_, moe_out_;
   std::vector<const float*> k_block_ptrs_, v_block_ptrs_;  // per chunk: its table's blocks for one layer
   std::vector<int> chunk_ptr_offset_;

@@ -28,7 +28,7 @@ const char* finish_reason_name(FinishReason reason);
 
 struct Usage {
   int prompt_tokens = 0;
-  int cached_tokens = 0;      // prompt tokens whose KV came from the prefix cache (no prefill)
+  int cached_tokens = 0;  // prompt tokens whose KV came from the prefix cache (no prefill)
   int completion_tokens = 0;
   double time_to_first_token_s = 0.0;
   double total_time_s = 0.0;

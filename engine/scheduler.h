@@ -17,13 +17,13 @@
 namespace agentserve::engine {
 
 struct SchedulerOptions {
-  int max_step_tokens = 512;   // tokens computed per forward step (decode tokens + prefill chunks)
-  int max_running = 64;        // sequences batched together
+  int max_step_tokens = 512;  // tokens computed per forward step (decode tokens + prefill chunks)
+  int max_running = 64;       // sequences batched together
 };
 
 struct ScheduledChunk {
   Sequence* sequence = nullptr;
-  int start = 0;     // first token index computed this step (== sequence->kv.num_computed)
+  int start = 0;  // first token index computed this step (== sequence->kv.num_computed)
   int n_tokens = 0;
   bool samples = false;  // the chunk reaches the end of the sequence's tokens, so a token is sampled after it
 };

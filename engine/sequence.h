@@ -27,7 +27,7 @@ struct Sequence {
   memory::SequenceState kv;  // kv.tokens = prompt + generated
   int prompt_tokens = 0;
   int generated = 0;
-  int cached_tokens = -1;    // prompt tokens taken from the prefix cache at first admission (-1: not yet)
+  int cached_tokens = -1;  // prompt tokens taken from the prefix cache at first admission (-1: not yet)
   int preemptions = 0;
   Sampler sampler;
   StreamingDetokenizer detokenizer;

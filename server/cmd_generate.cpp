@@ -16,6 +16,8 @@ struct EngineArgs {
   int threads = 0;
   int kv_cache_mb = 1024;
   int max_step_tokens = 512;
+  std::string data_dir;
+  bool bf16_activations = false;
 };
 
 void add_engine_options(CLI::App* cmd, EngineArgs& args) {
@@ -24,6 +26,8 @@ void add_engine_options(CLI::App* cmd, EngineArgs& args) {
   cmd->add_option("--kv-cache-mb", args.kv_cache_mb, "KV cache size in MiB")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-step-tokens", args.max_step_tokens, "Tokens per forward step (prefill chunk)")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--data-dir", args.data_dir, "RocksDB folder for the KV tiers (prefixes survive restarts)");
+  cmd->add_flag("--bf16-activations", args.bf16_activations, "BF16 dot products for batched rows");
 }
 
 Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
@@ -32,6 +36,8 @@ Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
   options.n_threads = args.threads;
   options.kv_cache_bytes = static_cast<size_t>(args.kv_cache_mb) << 20;
   options.max_step_tokens = args.max_step_tokens;
+  options.data_dir = args.data_dir;
+  options.bf16_activations = args.bf16_activations;
   return engine::Engine::open(options);
 }
 
@@ -71,7 +77,8 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
 
   auto* gen = app.add_subcommand("generate", "Generate tokens from a prompt and report prefill/decode speed");
   add_engine_options(gen, *args);
-  auto* prompt_opt = gen->add_option("--prompt", *prompt, "Prompt text (tokenized with the model's tokenizer)");
+  auto* prompt_opt =
+      gen->add_option("--prompt", *prompt, "Prompt text (tokenized with the model's tokenizer)");
   auto* ids_opt = gen->add_option("--ids", *ids_text, "Prompt token ids, comma separated");
   prompt_opt->excludes(ids_opt);
   gen->add_option("--max-tokens", sampling->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
@@ -103,12 +110,14 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
     const engine::Usage& u = result->usage;
     const double prefill_tps = u.time_to_first_token_s > 0 ? u.prompt_tokens / u.time_to_first_token_s : 0.0;
     const double decode_s = u.total_time_s - u.time_to_first_token_s;
-    const double decode_tps = u.completion_tokens > 1 && decode_s > 0 ? (u.completion_tokens - 1) / decode_s : 0.0;
+    const double decode_tps =
+        u.completion_tokens > 1 && decode_s > 0 ? (u.completion_tokens - 1) / decode_s : 0.0;
     if (*as_json) {
       nlohmann::json out = {{"ids", result->tokens},
                             {"text", result->text},
                             {"finish_reason", engine::finish_reason_name(result->finish_reason)},
                             {"prompt_tokens", u.prompt_tokens},
+                            {"cached_tokens", u.cached_tokens},
                             {"completion_tokens", u.completion_tokens},
                             {"time_to_first_token_s", u.time_to_first_token_s},
                             {"prefill_tokens_per_s", prefill_tps},
@@ -116,8 +125,10 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
       std::printf("%s\n", out.dump().c_str());
     } else {
       std::printf("%s\n", result->text.c_str());
-      std::fprintf(stderr, "[%d prompt tokens, prefill %.1f tok/s | %d generated, decode %.1f tok/s | finish: %s]\n",
-                   u.prompt_tokens, prefill_tps, u.completion_tokens, decode_tps,
+      std::fprintf(stderr,
+                   "[%d prompt tokens (%d cached), prefill %.1f tok/s | %d generated, decode %.1f tok/s | "
+                   "finish: %s]\n",
+                   u.prompt_tokens, u.cached_tokens, prefill_tps, u.completion_tokens, decode_tps,
                    engine::finish_reason_name(result->finish_reason));
     }
     exit_code = 0;
@@ -126,7 +137,8 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
   auto score_args = std::make_shared<EngineArgs>();
   auto score_ids = std::make_shared<std::string>();
   auto logits_out = std::make_shared<std::string>();
-  auto* score = app.add_subcommand("score", "Write the float32 logits of every position as a NumPy .npy file");
+  auto* score =
+      app.add_subcommand("score", "Write the float32 logits of every position as a NumPy .npy file");
   add_engine_options(score, *score_args);
   score->add_option("--ids", *score_ids, "Token ids, comma separated")->required();
   score->add_option("--logits-out", *logits_out, "Output .npy file, shape [n, vocab]")->required();

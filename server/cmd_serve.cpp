@@ -19,6 +19,10 @@ struct ServeArgs {
   std::string model_dir;
   int threads = 0;
   int kv_cache_mb = 1024;
+  std::string data_dir;
+  int host_kv_mb = 0;
+  int disk_kv_gb = 64;
+  bool bf16_activations = false;
   int port = 8080;
   server::ServerOptions options;
 };
@@ -49,6 +53,10 @@ int serve(const ServeArgs& args) {
   engine_options.model_dir = args.model_dir;
   engine_options.n_threads = args.threads;
   engine_options.kv_cache_bytes = static_cast<size_t>(args.kv_cache_mb) << 20;
+  engine_options.data_dir = args.data_dir;
+  engine_options.host_kv_bytes = static_cast<size_t>(args.host_kv_mb) << 20;
+  engine_options.disk_kv_quota_bytes = static_cast<size_t>(args.disk_kv_gb) << 30;
+  engine_options.bf16_activations = args.bf16_activations;
 
   server::Metrics metrics;
   // Declared before the engine so it is destroyed after it: the engine's last callbacks post to the server.
@@ -78,6 +86,15 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 256));
   cmd->add_option("--threads", args->threads, "Compute threads (0 = all hardware threads)");
   cmd->add_option("--kv-cache-mb", args->kv_cache_mb, "KV cache size in MiB")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--data-dir", args->data_dir,
+                  "Folder for the embedded RocksDB: evicted KV blocks spill there and survive restarts "
+                  "(empty = KV lives in memory only)");
+  cmd->add_option("--host-kv-mb", args->host_kv_mb, "Host-RAM KV tier between the pool and disk, in MiB")
+      ->check(CLI::Range(0, 1 << 22));
+  cmd->add_option("--disk-kv-gb", args->disk_kv_gb, "Disk quota of the KV tier in GiB")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_flag("--bf16-activations", args->bf16_activations,
+                "BF16 dot products for batched rows: ~2x batch throughput, 2^-9 relative rounding");
   cmd->callback([args, &exit_code] { exit_code = serve(*args); });
 }
 

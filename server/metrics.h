@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -42,11 +43,20 @@ class Metrics {
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_blocks_free_;
   prometheus::Gauge& kv_blocks_total_;
+  // KV tiers: one series per engine counter, so a scrape is a plain copy of cumulative values.
+  struct TierSeries {
+    prometheus::Counter* counter;
+    int64_t seen = 0;
+  };
+  prometheus::Family<prometheus::Counter>& kv_tier_family_;
+  std::vector<TierSeries> kv_tier_series_;  // in the order of tier_values()
+  prometheus::Counter& restored_tokens_;
 
   std::mutex mutex_;  // scrapes may come from several io threads at once
   int64_t seen_prompt_tokens_ = 0;
   int64_t seen_generation_tokens_ = 0;
   int64_t seen_prefix_hit_blocks_ = 0;
+  int64_t seen_restored_tokens_ = 0;
 };
 
 }  // namespace agentserve::server

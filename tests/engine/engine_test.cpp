@@ -2,10 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <future>
 #include <random>
-#include <unistd.h>
 
 #include "tests/engine/test_models.h"
 
@@ -14,7 +14,8 @@ namespace {
 
 using testing::test_model_dir;
 
-std::unique_ptr<Engine> open_tiny(int max_step_tokens = 256, size_t kv_bytes = size_t{64} << 20, int max_context = 0) {
+std::unique_ptr<Engine> open_tiny(int max_step_tokens = 256, size_t kv_bytes = size_t{64} << 20,
+                                  int max_context = 0) {
   EngineOptions options;
   options.model_dir = test_model_dir("tiny", DType::kF32, 7);
   options.n_threads = 2;
@@ -42,8 +43,9 @@ SamplingParams greedy(int max_tokens) {
 }
 
 // Submits all prompts at once and waits for every one: the engine batches them.
-std::vector<std::vector<int32_t>> generate_together(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
-                                                     const SamplingParams& params) {
+std::vector<std::vector<int32_t>> generate_together(Engine& engine,
+                                                    const std::vector<std::vector<int32_t>>& prompts,
+                                                    const SamplingParams& params) {
   std::vector<std::vector<int32_t>> outputs(prompts.size());
   std::vector<std::promise<void>> done(prompts.size());
   std::mutex mutex;

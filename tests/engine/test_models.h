@@ -4,10 +4,10 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <map>
 #include <string>
-#include <unistd.h>
 
 #include "engine/model_generator.h"
 
@@ -18,8 +18,8 @@ inline std::filesystem::path test_model_dir(const std::string& preset, DType dty
   static std::map<std::string, std::filesystem::path> made;
   const std::string key = preset + (dtype == DType::kF32 ? "-f32-" : "-bf16-") + std::to_string(seed);
   if (auto it = made.find(key); it != made.end()) return it->second;
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("agentserve-test-" + std::to_string(::getpid()) + "-" + key);
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("agentserve-test-" + std::to_string(::getpid()) + "-" + key);
   std::filesystem::remove_all(dir);
   GeneratorOptions options;
   if (config) {
@@ -42,7 +42,8 @@ inline std::filesystem::path test_model_dir(const std::string& preset, DType dty
 struct TestModelCleanup {
   ~TestModelCleanup() {
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), ec)) {
+    for (const auto& entry :
+         std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), ec)) {
       const std::string name = entry.path().filename().string();
       if (name.rfind("agentserve-test-" + std::to_string(::getpid()) + "-", 0) == 0) {
         std::filesystem::remove_all(entry.path(), ec);

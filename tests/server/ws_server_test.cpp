@@ -353,7 +353,8 @@ TEST_CASE("/metrics is Prometheus text with the engine's token counts") {
   for (const char* name :
        {"agentserve_generation_tokens_total", "agentserve_prompt_tokens_total", "agentserve_requests_total",
         "agentserve_time_to_first_token_seconds_bucket", "agentserve_num_requests_running",
-        "agentserve_kv_blocks_total", "agentserve_prefix_cache_hit_blocks_total"}) {
+        "agentserve_kv_blocks_total", "agentserve_prefix_cache_hit_blocks_total",
+        "agentserve_kv_restored_tokens_total", "agentserve_kv_tier_events_total"}) {
     INFO(name);
     CHECK(metrics.body.find(name) != std::string::npos);
   }
