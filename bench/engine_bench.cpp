@@ -4,8 +4,10 @@
 //   batch       aggregate decode tokens/s with 1, 4, 16, 64 concurrent sequences (continuous batching)
 //   prefill     prefill tokens/s on a 2,048-token prompt and the fraction of the measured FMA peak
 //   kv          resident memory per 1k tokens of KV against the layout's theoretical size
+//   restart     (only when asked) TTFT after a restart at 4k/16k/32k tokens: restored from RocksDB vs
+//               recomputed vs a warm prefix-cache hit
 //   long        (only when asked) one sequence to --context tokens (default 131072, YaRN), e.g. on tiny
-// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] [--context N]
+// Usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long|restart] [--context N]
 // [--bf16-activations] [--quick] Make the model with: agentserve make-model --preset bench --out models/bench
 #include <unistd.h>
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -233,6 +236,43 @@ int run(const Args& args) {
         g->usage.completion_tokens, prompt_len + 8, (g->usage.completion_tokens - 1) / decode_s,
         engine::finish_reason_name(g->finish_reason));
   }
+  if (args.only == "restart") {
+    // Time to first token of a prompt of N tokens in three states of the same machine:
+    //   recompute  a fresh engine without tiers prefills everything;
+    //   restored   an engine reopened on a data_dir that a previous engine filled (T2, after a restart);
+    //   warm       the same engine asked again (T0 prefix-cache hit).
+    for (int n : {4096, 16384, 32768}) {
+      if (args.quick && n > 4096) break;
+      const auto prompt = random_prompt(rng, n);
+      const std::filesystem::path dir =
+          std::filesystem::temp_directory_path() / ("agentserve-bench-restart-" + std::to_string(::getpid()));
+      std::filesystem::remove_all(dir);
+      engine::EngineOptions o = options;
+      o.kv_cache_bytes = std::max<size_t>(size_t{1} << 30, (static_cast<size_t>(n) + 64) * eng.kv_layout().block_bytes() /
+                                                              eng.kv_layout().block_size * 2);
+      auto ttft = [&](const engine::EngineOptions& eo, bool twice) -> std::pair<double, double> {
+        auto e = Engine::open(eo);
+        if (!e.ok()) return {-1, -1};
+        auto first = (*e)->generate(prompt, greedy(1));
+        if (!first.ok()) return {-1, -1};
+        double second = -1;
+        if (twice) {
+          auto again = (*e)->generate(prompt, greedy(1));
+          if (again.ok()) second = again->usage.time_to_first_token_s;
+        }
+        return {first->usage.time_to_first_token_s, second};
+      };
+      const auto [recompute, warm] = ttft(o, true);
+      engine::EngineOptions persisted = o;
+      persisted.data_dir = dir;
+      ttft(persisted, false);  // fills the data_dir; its destructor flushes T0 to disk
+      const auto [restored, unused] = ttft(persisted, false);
+      std::filesystem::remove_all(dir);
+      std::printf("restart, %5d-token prompt: TTFT recompute %.3f s, restored from disk %.3f s (%.1fx faster), "
+                  "warm T0 hit %.3f s (restored/warm %.1fx)\n",
+                  n, recompute, restored, recompute / restored, warm, restored / warm);
+    }
+  }
   if (want("kv")) {
     // Two engines whose KV pools differ by 1 GiB, each after serving a 4k-token sequence: the difference
     // in anonymous resident memory per token of pool capacity is what 1k tokens of KV really cost,
@@ -282,7 +322,7 @@ int main(int argc, char** argv) {
       args.bf16_activations = true;
     else {
       std::fprintf(stderr,
-                   "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long] "
+                   "usage: engine_bench --model DIR [--threads N] [--only decode|batch|prefill|kv|long|restart] "
                    "[--context N] [--bf16-activations] [--quick]\n");
       return 2;
     }
