@@ -264,24 +264,26 @@ void Engine::finish(Sequence* seq, FinishReason reason, Status error) {
   live_.erase(seq->id);
 }
 
-bool Engine::accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event) {
+FinishReason Engine::accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event) {
   const int32_t token = sample.token;
-  (void)seq->sampler.accept(token);
+  (void)seq->sampler.accept(
+      token);  // fails only for an id outside the vocabulary, which sample() never returns
   seq->kv.tokens.push_back(token);
   seq->generated++;
   if (!seq->first_token_at) seq->first_token_at = std::chrono::steady_clock::now();
   event.tokens.push_back(token);
   if (sample.logprob) event.logprobs.push_back({token, *sample.logprob});
 
-  const bool stop_token = is_stop_token(seq->request.sampling, token, eos_ids_);
-  if (!stop_token) {
-    const StopUpdate update = seq->stop_matcher.feed(seq->detokenizer.push(token));
-    event.text += update.emit;
-    if (update.stopped) return true;
+  // A stop token ends the text before it; its own text is never released.
+  if (is_stop_token(seq->request.sampling, token, eos_ids_)) return FinishReason::kStop;
+  const StopUpdate update = seq->stop_matcher.feed(seq->detokenizer.push(token));
+  event.text += update.emit;
+  if (update.stopped) return FinishReason::kStop;
+  if (seq->generated >= seq->request.sampling.max_tokens ||
+      static_cast<int>(seq->kv.tokens.size()) >= max_context_) {
+    return FinishReason::kLength;
   }
-  if (stop_token) return true;
-  return seq->generated >= seq->request.sampling.max_tokens ||
-         static_cast<int>(seq->kv.tokens.size()) >= max_context_;
+  return FinishReason::kNone;
 }
 
 void Engine::step() {
@@ -315,6 +317,7 @@ void Engine::step() {
     Sequence* seq = c.sequence;
     const bool in_prompt = c.start < seq->prompt_tokens;
     if (in_prompt) prefill += std::min(c.start + c.n_tokens, seq->prompt_tokens) - c.start;
+    // Fails only if the scheduler handed out a chunk past the sequence's blocks, which it never does.
     (void)blocks_->commit_computed(seq->kv, c.start + c.n_tokens);
     if (!c.samples) continue;
     std::span<float> row_logits(logits_.data() + row * vocab, vocab);
@@ -326,17 +329,10 @@ void Engine::step() {
     }
     GenerationEvent event;
     event.request_id = seq->id;
-    const bool done = accept_token(seq, *sample, event);
+    const FinishReason reason = accept_token(seq, *sample, event);
     ++decoded;
-    const bool stopped =
-        is_stop_token(seq->request.sampling, sample->token, eos_ids_) || seq->stop_matcher.stopped();
-    if (done) {
-      if (seq->request.on_event && (!event.tokens.empty() || !event.text.empty()))
-        seq->request.on_event(event);
-      finish(seq, stopped ? FinishReason::kStop : FinishReason::kLength);
-    } else if (seq->request.on_event) {
-      seq->request.on_event(event);
-    }
+    if (seq->request.on_event) seq->request.on_event(event);
+    if (reason != FinishReason::kNone) finish(seq, reason);
   }
 
   std::lock_guard lock(counters_mutex_);
@@ -369,24 +365,23 @@ Result<Generation> Engine::generate(std::vector<int32_t> prompt, const SamplingP
                                     const std::string& cache_salt) {
   auto done = std::make_shared<std::promise<void>>();
   auto result = std::make_shared<Generation>();
+  auto error = std::make_shared<Status>();
   GenerationRequest request{.prompt = std::move(prompt), .sampling = sampling, .cache_salt = cache_salt};
-  request.on_event = [done, result](const GenerationEvent& event) {
+  request.on_event = [done, result, error](const GenerationEvent& event) {
     result->tokens.insert(result->tokens.end(), event.tokens.begin(), event.tokens.end());
     result->text += event.text;
     result->logprobs.insert(result->logprobs.end(), event.logprobs.begin(), event.logprobs.end());
     if (event.finished) {
       result->finish_reason = event.finish_reason;
       result->usage = event.usage;
-      if (event.finish_reason == FinishReason::kError) {
-        result->text = event.error.to_string();
-      }
+      if (event.finish_reason == FinishReason::kError) *error = event.error;
       done->set_value();
     }
   };
   auto future = done->get_future();
   AS_RETURN_IF_ERROR(submit(std::move(request)).status());
   future.wait();
-  if (result->finish_reason == FinishReason::kError) return Status::internal(result->text);
+  if (result->finish_reason == FinishReason::kError) return *error;
   return std::move(*result);
 }
 

@@ -129,8 +129,8 @@ class Engine {
   void drain_inbox();
   void step();
   void finish(Sequence* seq, FinishReason reason, Status error = {});
-  // Appends a sampled token and emits its event; returns true when the sequence ended.
-  bool accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event);
+  // Appends a sampled token to the sequence and its event; returns why the sequence ends, or kNone.
+  FinishReason accept_token(Sequence* seq, const SampleResult& sample, GenerationEvent& event);
 
   EngineOptions options_;
   ModelConfig config_;
