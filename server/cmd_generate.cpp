@@ -1,11 +1,11 @@
 // `agentserve generate` and `agentserve score`: run the engine from the command line.
 #include <cstdio>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "base/npy.h"
 #include "engine/engine.h"
+#include "server/cli_args.h"
 #include "server/commands.h"
 
 namespace agentserve::cli {
@@ -39,28 +39,6 @@ Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
   options.data_dir = args.data_dir;
   options.bf16_activations = args.bf16_activations;
   return engine::Engine::open(options);
-}
-
-Result<std::vector<int32_t>> parse_ids(const std::string& text) {
-  std::vector<int32_t> ids;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      const long long v = std::stoll(item, &used);
-      if (used != item.size() || v < INT32_MIN || v > INT32_MAX) throw std::invalid_argument(item);
-      ids.push_back(static_cast<int32_t>(v));
-    } catch (const std::exception&) {
-      return Status::invalid_argument("'" + item + "' is not a token id (expected a list like 1,2,3)");
-    }
-  }
-  return ids;
-}
-
-int report_error(const Status& status) {
-  std::fprintf(stderr, "error: %s\n", status.to_string().c_str());
-  return status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kOutOfRange ? 2 : 1;
 }
 
 }  // namespace
@@ -97,7 +75,7 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
     if (!engine.ok()) return void(exit_code = report_error(engine.status()));
     std::vector<int32_t> ids;
     if (!ids_text->empty()) {
-      auto parsed = parse_ids(*ids_text);
+      auto parsed = parse_id_list(*ids_text);
       if (!parsed.ok()) return void(exit_code = report_error(parsed.status()));
       ids = std::move(*parsed);
     } else {
@@ -143,7 +121,7 @@ void add_generate_commands(CLI::App& app, int& exit_code) {
   score->add_option("--ids", *score_ids, "Token ids, comma separated")->required();
   score->add_option("--logits-out", *logits_out, "Output .npy file, shape [n, vocab]")->required();
   score->callback([=, &exit_code] {
-    auto ids = parse_ids(*score_ids);
+    auto ids = parse_id_list(*score_ids);
     if (!ids.ok()) return void(exit_code = report_error(ids.status()));
     auto engine = open_engine(*score_args);
     if (!engine.ok()) return void(exit_code = report_error(engine.status()));

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "engine/engine.h"
+#include "server/cli_args.h"
 #include "server/commands.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -26,13 +27,6 @@ struct ServeArgs {
   int port = 8080;
   server::ServerOptions options;
 };
-
-int report_error(const Status& status) {
-  std::fprintf(stderr, "error: %s\n", status.to_string().c_str());
-  return status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kFailedPrecondition
-             ? 2
-             : 1;
-}
 
 // The model's name in /v1/models: the folder's name ("models/tiny/" -> "tiny").
 std::string model_name(const std::string& model_dir) {

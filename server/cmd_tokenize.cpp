@@ -1,11 +1,11 @@
 // `agentserve tokenize` and `agentserve detokenize`: the tokenizer from the command line, for scripts and
 // for checking a model folder's tokenizer.json against other tools.
-#include <charconv>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "engine/tokenizer.h"
+#include "server/cli_args.h"
 #include "server/commands.h"
 
 namespace agentserve::cli {
@@ -13,35 +13,6 @@ namespace {
 
 constexpr int kBadInput = 2;  // an unparsable id list or an id without a token
 constexpr int kBadModel = 1;  // the tokenizer could not be loaded
-
-// "1,2,3", also with spaces or wrapped in [ ] so `tokenize` output can be passed back as it is.
-Result<std::vector<int32_t>> parse_id_list(std::string_view text) {
-  const auto trim = [](std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n')) s.remove_suffix(1);
-    return s;
-  };
-  text = trim(text);
-  if (text.size() >= 2 && text.front() == '[' && text.back() == ']')
-    text = trim(text.substr(1, text.size() - 2));
-  std::vector<int32_t> ids;
-  if (text.empty()) return ids;
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t comma = text.find(',', start);
-    const std::string_view item =
-        trim(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
-    int32_t id = 0;
-    const auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), id);
-    if (item.empty() || error != std::errc() || end != item.data() + item.size()) {
-      return Status::invalid_argument("--ids: \"" + std::string(item) +
-                                      "\" is not a token id (want e.g. 1,2,3)");
-    }
-    ids.push_back(id);
-    if (comma == std::string_view::npos) return ids;
-    start = comma + 1;
-  }
-}
 
 Result<engine::Tokenizer> load_or_report(const std::string& model, int& exit_code) {
   auto tokenizer = engine::Tokenizer::load(model);
