@@ -12,6 +12,8 @@
 namespace agentserve::engine {
 namespace {
 
+using testing::greedy;
+using testing::random_ids;
 using testing::test_model_dir;
 
 std::unique_ptr<Engine> open_tiny(int max_step_tokens = 256, size_t kv_bytes = size_t{64} << 20,
@@ -25,21 +27,6 @@ std::unique_ptr<Engine> open_tiny(int max_step_tokens = 256, size_t kv_bytes = s
   auto engine = Engine::open(options);
   REQUIRE_MESSAGE(engine.ok(), engine.status().to_string());
   return std::move(*engine);
-}
-
-std::vector<int32_t> random_ids(std::mt19937& rng, int n) {
-  std::uniform_int_distribution<int32_t> dist(0, 151000);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
-
-SamplingParams greedy(int max_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0;
-  p.max_tokens = max_tokens;
-  p.ignore_eos = true;
-  return p;
 }
 
 // Submits all prompts at once and waits for every one: the engine batches them.

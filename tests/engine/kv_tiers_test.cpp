@@ -9,24 +9,21 @@
 #include "memory/block_key.h"
 #include "memory/rocksdb_store.h"
 #include "tests/engine/test_models.h"
+#include "tests/scratch_dir.h"
 
 namespace agentserve::engine {
 namespace {
 
+using testing::greedy;
+using testing::random_ids;
 using testing::test_model_dir;
 
 // A folder removed when the test ends, whatever it asserted.
+// A folder path under the test's scratch root (not created: the engine creates its data_dir).
 struct TempDir {
   std::filesystem::path path;
   explicit TempDir(const std::string& name)
-      : path(std::filesystem::temp_directory_path() /
-             ("agentserve-kvtiers-" + std::to_string(::getpid()) + "-" + name)) {
-    std::filesystem::remove_all(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
+      : path(agentserve::testing::scratch_dir("kv_tiers_test", name, false)) {}
 };
 
 // Bytes of one KV block of the tiny model (2 layers x K,V x 2 heads x 16 slots x 16 dims x f32).
@@ -51,21 +48,6 @@ std::unique_ptr<Engine> open_engine(const TierSetup& setup) {
   REQUIRE_MESSAGE(engine.ok(), engine.status().to_string());
   REQUIRE((*engine)->kv_layout().block_stride() == kTinyBlockBytes);
   return std::move(*engine);
-}
-
-std::vector<int32_t> random_ids(std::mt19937& rng, int n) {
-  std::uniform_int_distribution<int32_t> dist(0, 151000);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
-
-SamplingParams greedy(int max_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0;
-  p.max_tokens = max_tokens;
-  p.ignore_eos = true;
-  return p;
 }
 
 Generation run(Engine& engine, const std::vector<int32_t>& prompt) {
@@ -166,7 +148,7 @@ TEST_CASE("an engine restarted on the same data_dir restores a 2,000-token promp
   CHECK(c.prefill_tokens == 2000 - 1984);
   CHECK(g.tokens == a.tokens);
   MESSAGE("2,000-token prompt + 6 tokens: computed " << a.usage.total_time_s << " s, restored from disk "
-                                                       << g.usage.total_time_s << " s");
+                                                     << g.usage.total_time_s << " s");
 }
 
 TEST_CASE("a data_dir written by another model restores nothing and the output is still right") {

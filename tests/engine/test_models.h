@@ -1,5 +1,6 @@
-// Test helper: random-weight checkpoints written once per test binary into a temporary folder, with the
-// real Qwen3 tokenizer, through the same generator `agentserve make-model` uses.
+// Engine test helpers: random-weight checkpoints written once per test binary into a temporary folder, with
+// the real Qwen3 tokenizer, through the same generator `agentserve make-model` uses; random prompts; greedy
+// sampling that ignores EOS, so every run generates exactly the tokens asked for.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -7,9 +8,12 @@
 #include <unistd.h>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "engine/model_generator.h"
+#include "engine/sampling_params.h"
 
 namespace agentserve::engine::testing {
 
@@ -52,5 +56,20 @@ struct TestModelCleanup {
   }
 };
 inline TestModelCleanup test_model_cleanup;
+
+inline std::vector<int32_t> random_ids(std::mt19937& rng, int n) {
+  std::uniform_int_distribution<int32_t> dist(0, 151000);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = dist(rng);
+  return ids;
+}
+
+inline SamplingParams greedy(int max_tokens) {
+  SamplingParams p;
+  p.temperature = 0.0;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;
+  return p;
+}
 
 }  // namespace agentserve::engine::testing
