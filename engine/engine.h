@@ -137,7 +137,6 @@ class Engine {
   std::unique_ptr<ModelWeights> weights_;
   std::optional<Tokenizer> tokenizer_;  // set by init(); Tokenizer has no empty state
   std::string fingerprint_;
-  memory::BlockKey fingerprint_salt_base_;
   std::vector<int32_t> eos_ids_;
   std::vector<uint32_t> sample_mask_;  // ids the tokenizer knows; empty when that is all of the vocabulary
   int max_context_ = 0;

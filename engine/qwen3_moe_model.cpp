@@ -76,6 +76,7 @@ Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weig
   expert_ids_.resize(grouped_rows);
   expert_weights_.resize(grouped_rows);
   group_offsets_.resize(sz(std::max(1, config.num_experts)) + 1);
+  group_cursor_.reserve(sz(std::max(1, config.num_experts)));
   group_token_.resize(grouped_rows);
   group_weight_.resize(grouped_rows);
   grouped_x_.resize(grouped_rows * hidden);
@@ -330,10 +331,9 @@ void Qwen3MoeModel::moe_block(int layer, int n_tokens) {
       expert_load_.routed_tokens[sz(layer) * sz(n_experts) + sz(e)] += group_offsets_[sz(e) + 1];
       group_offsets_[sz(e) + 1] += group_offsets_[sz(e)];
     }
-    std::vector<int>& cursor = chunk_ptr_offset_;  // reused as the per-expert fill position
-    cursor.assign(group_offsets_.begin(), group_offsets_.begin() + n_experts);
+    group_cursor_.assign(group_offsets_.begin(), group_offsets_.begin() + n_experts);
     for (int p = 0; p < n_pairs; ++p) {
-      const int row = cursor[sz(expert_ids_[sz(p)])]++;
+      const int row = group_cursor_[sz(expert_ids_[sz(p)])]++;
       group_token_[sz(row)] = p / top_k;
       group_weight_[sz(row)] = expert_weights_[sz(p)];
       std::memcpy(&grouped_x_[sz(row) * hidden], &normed_[sz(p / top_k) * hidden], hidden * sizeof(float));

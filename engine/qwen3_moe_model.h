@@ -102,6 +102,7 @@ class Qwen3MoeModel {
   std::vector<int32_t> expert_ids_;    // [n_tokens][top_k]
   std::vector<float> expert_weights_;  // [n_tokens][top_k]
   std::vector<int> group_offsets_;     // [n_experts + 1] into the grouped rows
+  std::vector<int> group_cursor_;         // [n_experts] next grouped row to fill while sorting
   std::vector<int> group_token_;       // grouped row -> token
   std::vector<float> group_weight_;    // grouped row -> routing weight
   std::vector<float> grouped_x_, grouped_act_, grouped_out_, moe_out_;
