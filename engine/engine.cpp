@@ -98,8 +98,9 @@ Status Engine::init(const EngineOptions& options) {
   }
   AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
   arena_.emplace(std::move(arena));
-  if (!options.data_dir.empty() || options.host_kv_bytes > 0) {
+  if (!options.data_dir.empty() || options.store != nullptr || options.host_kv_bytes > 0) {
     AS_ASSIGN_OR_RETURN(tiers_, KvTiers::open({.data_dir = options.data_dir,
+                                               .store = options.store,
                                                .host_kv_bytes = options.host_kv_bytes,
                                                .disk_kv_quota_bytes = options.disk_kv_quota_bytes},
                                               fingerprint_, *arena_));

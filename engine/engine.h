@@ -57,6 +57,9 @@ struct EngineOptions {
   // restarts for the same model fingerprint and flushed on a clean close. host_kv_bytes: T1 budget in host
   // RAM (0 = no T1). disk_kv_quota_bytes: T2 budget in encoded block bytes.
   std::filesystem::path data_dir;
+  // T2 in this open database instead of data_dir/rocksdb (the server shares one DB between the session
+  // store and the KV tier). Must outlive the engine.
+  memory::RocksDbStore* store = nullptr;
   size_t host_kv_bytes = 0;
   size_t disk_kv_quota_bytes = size_t{64} << 30;
 };

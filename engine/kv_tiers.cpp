@@ -17,7 +17,8 @@ Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
                                                std::string_view model_fingerprint, memory::KvArena& arena) {
   std::unique_ptr<KvTiers> tiers(new KvTiers(arena));
   const memory::KvLayout& layout = arena.layout();
-  if (!options.data_dir.empty()) {
+  memory::RocksDbStore* db = options.store;
+  if (db == nullptr && !options.data_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options.data_dir, ec);
     if (ec)
@@ -25,9 +26,12 @@ Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
     memory::StoreOptions store_options;
     store_options.path = (options.data_dir / "rocksdb").string();
     store_options.kv_quota_bytes = options.disk_kv_quota_bytes;
-    AS_ASSIGN_OR_RETURN(tiers->db_, memory::RocksDbStore::open(store_options));
+    AS_ASSIGN_OR_RETURN(tiers->owned_db_, memory::RocksDbStore::open(store_options));
+    db = tiers->owned_db_.get();
+  }
+  if (db != nullptr) {
     AS_ASSIGN_OR_RETURN(tiers->disk_, memory::KvStore::open(
-                                          *tiers->db_, memory::KvBlockFormat::make(model_fingerprint, layout),
+                                          *db, memory::KvBlockFormat::make(model_fingerprint, layout),
                                           options.disk_kv_quota_bytes));
   }
   if (options.host_kv_bytes > 0) {

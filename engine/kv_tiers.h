@@ -31,6 +31,9 @@ namespace agentserve::engine {
 
 struct KvTierOptions {
   std::filesystem::path data_dir;                 // T2 lives in data_dir/rocksdb; empty = no T2
+  // T2 in this already open database instead (the server shares its one DB with the session store); it
+  // must outlive the tiers. data_dir is then unused.
+  memory::RocksDbStore* store = nullptr;
   size_t host_kv_bytes = 0;                       // T1 budget; 0 = no T1
   size_t disk_kv_quota_bytes = size_t{64} << 30;  // T2 budget in encoded block bytes
 };
@@ -80,7 +83,7 @@ class KvTiers final : public memory::BlockSource {
   Status write_disk(std::span<const memory::KvSpillBlock> blocks);
 
   memory::KvArena& arena_;
-  std::unique_ptr<memory::RocksDbStore> db_;
+  std::unique_ptr<memory::RocksDbStore> owned_db_;  // when the tiers opened data_dir themselves
   std::unique_ptr<memory::KvStore> disk_;  // declared after db_: closed before it
   std::unique_ptr<memory::HostKvTier> host_;
   // Token ids of the blocks T1 holds (T1 cannot list them), so flush() can write T1 out.
