@@ -22,19 +22,9 @@
 #include <boost/asio/io_context.hpp>
 
 #include "base/status.h"
+#include "net/url.h"
 
 namespace agentserve::net {
-
-// An absolute http:// or https:// URL. Port defaults to 80 / 443; target defaults to "/".
-struct Url {
-  std::string scheme;  // "http" or "https"
-  std::string host;
-  uint16_t port = 0;
-  std::string target;  // path and query
-
-  // InvalidArgument for another scheme, a missing host, a bad port, user info, or control characters.
-  static Result<Url> parse(std::string_view text);
-};
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
@@ -56,8 +46,12 @@ struct HttpResponse {
 struct HttpClientOptions {
   int max_idle_connections_per_host = 8;
   std::chrono::seconds idle_connection_timeout{30};
+  // A PEM file of certificates trusted besides the system store (a private CA, or a test's self-signed
+  // certificate). Empty: the system store only.
+  std::string extra_ca_file;
 };
 
+// A callback may run after the client is destroyed (its Cancelled), so it must not capture the client.
 // Errors given to callbacks: InvalidArgument (bad URL or method), DeadlineExceeded (timeout),
 // IoError (resolve, connect, TLS or transport failure), ResourceExhausted (response past
 // max_response_bytes), Cancelled (client shut down).
