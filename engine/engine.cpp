@@ -17,6 +17,21 @@ double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::ste
   return std::chrono::duration<double>(b - a).count();
 }
 
+// The constraint's mask for the next token, restricted to `known` (empty: every id). False when no id is
+// left, which would otherwise surface as a puzzling "no finite logit" from the sampler.
+bool constrained_mask(TokenConstraint& constraint, std::span<const uint32_t> known, size_t vocab,
+                      std::vector<uint32_t>& mask) {
+  mask.resize((vocab + 31) / 32);
+  constraint.fill_allowed(mask);
+  if (vocab % 32 != 0) mask.back() &= (1u << (vocab % 32)) - 1u;
+  uint32_t any = 0;
+  for (size_t w = 0; w < mask.size(); ++w) {
+    if (!known.empty()) mask[w] &= known[w];
+    any |= mask[w];
+  }
+  return any != 0;
+}
+
 }  // namespace
 
 const char* finish_reason_name(FinishReason reason) {
@@ -251,6 +266,7 @@ void Engine::finish(Sequence* seq, FinishReason reason, Status error) {
   const auto now = std::chrono::steady_clock::now();
   event.usage.prompt_tokens = seq->prompt_tokens;
   event.usage.cached_tokens = std::max(0, seq->cached_tokens);
+  event.usage.restored_tokens = std::min(seq->kv.restored_tokens, event.usage.cached_tokens);
   event.usage.completion_tokens = seq->generated;
   event.usage.total_time_s = seconds_between(seq->submitted_at, now);
   if (seq->first_token_at)
@@ -303,7 +319,8 @@ void Engine::step() {
         {.tokens = std::span<const int32_t>(tokens).subspan(sz_t(c.start), sz_t(c.n_tokens)),
          .start_position = c.start,
          .block_table = c.sequence->kv.block_table,
-         .logits = c.samples ? LogitsWanted::kLast : LogitsWanted::kNone});
+         .logits = c.samples && !c.sequence->request.prefill_only ? LogitsWanted::kLast
+                                                                   : LogitsWanted::kNone});
   }
   Status status = model_->forward(forward_chunks_, *arena_, logits_);
   if (!status.ok()) {
@@ -321,21 +338,49 @@ void Engine::step() {
     // Fails only if the scheduler handed out a chunk past the sequence's blocks, which it never does.
     (void)blocks_->commit_computed(seq->kv, c.start + c.n_tokens);
     if (!c.samples) continue;
+    if (seq->request.prefill_only) {
+      // The prompt's KV is in place: that was the whole request (its TTFT is the prefill time).
+      seq->first_token_at = std::chrono::steady_clock::now();
+      finish(seq, FinishReason::kStop);
+      continue;
+    }
     std::span<float> row_logits(logits_.data() + row * vocab, vocab);
     ++row;
-    auto sample = seq->sampler.sample(row_logits, sample_mask_);
+    TokenConstraint* constraint = seq->request.constraint.get();
+    std::span<const uint32_t> allowed = sample_mask_;
+    if (constraint) {
+      if (!constrained_mask(*constraint, sample_mask_, vocab, constraint_mask_)) {
+        finish(seq, FinishReason::kError,
+               Status::failed_precondition("the request's token constraint allows no token at position " +
+                                           std::to_string(seq->generated)));
+        continue;
+      }
+      allowed = constraint_mask_;
+    }
+    auto sample = seq->sampler.sample(row_logits, allowed);
     if (!sample.ok()) {
       finish(seq, FinishReason::kError, sample.status());
       continue;
     }
     GenerationEvent event;
     event.request_id = seq->id;
-    const FinishReason reason = accept_token(seq, *sample, event);
+    FinishReason reason = accept_token(seq, *sample, event);
+    Status constrained;
+    if (constraint) {
+      constrained = constraint->accept(sample->token);
+      if (constrained.ok() && reason == FinishReason::kNone && constraint->is_complete())
+        reason = FinishReason::kStop;
+    }
     ++decoded;
     if (seq->request.on_event) seq->request.on_event(event);
-    if (reason != FinishReason::kNone) finish(seq, reason);
+    if (!constrained.ok()) {
+      finish(seq, FinishReason::kError, constrained);
+    } else if (reason != FinishReason::kNone) {
+      finish(seq, reason);
+    }
   }
 
+  if (tiers_) tiers_->submit_spills();
   std::lock_guard lock(counters_mutex_);
   counters_.steps++;
   counters_.prefill_tokens += prefill;
@@ -349,12 +394,37 @@ void Engine::step() {
   counters_.prefix_miss_blocks = stats.miss_blocks;
   counters_.prefix_loaded_blocks = stats.loaded_blocks;
   counters_.restored_tokens = stats.loaded_blocks * options_.block_size;
-  if (tiers_) counters_.kv_tiers = tiers_->counters();
 }
 
 EngineCounters Engine::counters() const {
-  std::lock_guard lock(counters_mutex_);
-  return counters_;
+  EngineCounters c;
+  {
+    std::lock_guard lock(counters_mutex_);
+    c = counters_;
+  }
+  // Live: the storage thread moves these between steps.
+  if (tiers_) c.kv_tiers = tiers_->counters();
+  return c;
+}
+
+void Engine::prefetch(std::vector<int32_t> tokens, std::string cache_salt) {
+  if (tiers_) tiers_->prefetch(tokens, memory::make_salt(fingerprint_, cache_salt));
+}
+
+void Engine::pin(const std::string& pin_id, std::vector<int32_t> tokens, std::string cache_salt) {
+  if (tiers_) tiers_->pin(pin_id, tokens, memory::make_salt(fingerprint_, cache_salt));
+}
+
+void Engine::unpin(const std::string& pin_id) {
+  if (tiers_) tiers_->unpin(pin_id);
+}
+
+void Engine::discard(std::vector<int32_t> tokens, std::string cache_salt, int from_token) {
+  if (tiers_) tiers_->discard(tokens, memory::make_salt(fingerprint_, cache_salt), from_token);
+}
+
+void Engine::sync_kv_tiers() {
+  if (tiers_) tiers_->sync();
 }
 
 ExpertLoad Engine::expert_load() const {

@@ -8,8 +8,9 @@
 // model except through the synchronous helpers meant for tools and tests (generate, score).
 //
 // KV tiers (kv_tiers.h): blocks the pool evicts spill to host RAM (T1) and then to RocksDB under data_dir
-// (T2); admission loads a prompt's missing chain blocks from them instead of recomputing. This first cut
-// does that I/O on the engine thread, so a step that spills or loads from disk is slower.
+// (T2); admission loads a prompt's missing chain blocks from them instead of recomputing. T2 writes run on
+// a storage thread; the engine thread reads disk only for the blocks an admission needs, and prefetch()
+// moves a chain's blocks from disk to RAM before its request arrives.
 #pragma once
 
 #include <atomic>
@@ -116,6 +117,20 @@ class Engine {
   // batch loop (it waits for the engine to be idle between steps). For scoring tools and golden tests.
   Result<std::vector<float>> score(std::span<const int32_t> ids);
 
+  // KV tier controls (any thread; no-ops without tiers). `cache_salt` is the tenant salt of the requests.
+  // prefetch: reads the chain's blocks from T2 into T1 on the storage thread, so the next admission of
+  // these tokens loads from RAM (call it on session resume, or when a session's next request is queued).
+  void prefetch(std::vector<int32_t> tokens, std::string cache_salt);
+  // pin: while pinned (by pin_id; pinning again replaces), the chain's blocks may move down the tiers but
+  // are not thrown away (kv_tiers.h says what happens when pinned blocks alone exceed a budget).
+  void pin(const std::string& pin_id, std::vector<int32_t> tokens, std::string cache_salt);
+  void unpin(const std::string& pin_id);
+  // discard: removes the chain's blocks from block from_token / block_size on from T1 and T2 (pass the end
+  // of the prefix other sessions share, so shared blocks stay). Blocks T0 still caches stay there.
+  void discard(std::vector<int32_t> tokens, std::string cache_salt, int from_token);
+  // Waits until the tiers' queued work (spills, prefetches, discards) is done. For tests and benchmarks.
+  void sync_kv_tiers();
+
   EngineCounters counters() const;
   ExpertLoad expert_load() const;
   const ModelConfig& config() const { return config_; }
@@ -162,6 +177,7 @@ class Engine {
   std::unordered_map<RequestId, std::unique_ptr<Sequence>> live_;
   std::vector<float> logits_;
   std::vector<ForwardChunk> forward_chunks_;
+  std::vector<uint32_t> constraint_mask_;  // scratch for a request's TokenConstraint, one word per 32 ids
 
   mutable std::mutex counters_mutex_;
   EngineCounters counters_;

@@ -1,21 +1,27 @@
 #include "engine/kv_tiers.h"
 
+#include <algorithm>
+#include <cstring>
 #include <system_error>
 
+#include "memory/block_key.h"
 #include "spdlog/spdlog.h"
 
 namespace agentserve::engine {
 namespace {
 
-// T0 blocks written to T2 per WriteBatch at flush: large enough to amortize a batch, small enough that
-// one refused batch (quota) loses little.
-constexpr size_t kFlushBatchBlocks = 64;
+// Blocks per WriteBatch at flush and per MultiGet in prefetch: large enough to amortize a batch, small
+// enough that one refused batch (quota) loses little and the read buffer stays small.
+constexpr size_t kIoBatchBlocks = 64;
+
+using Clock = std::chrono::steady_clock;
 
 }  // namespace
 
 Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
                                                std::string_view model_fingerprint, memory::KvArena& arena) {
   std::unique_ptr<KvTiers> tiers(new KvTiers(arena));
+  tiers->options_ = options;
   const memory::KvLayout& layout = arena.layout();
   memory::RocksDbStore* db = options.store;
   if (db == nullptr && !options.data_dir.empty()) {
@@ -29,120 +35,451 @@ Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
     AS_ASSIGN_OR_RETURN(tiers->owned_db_, memory::RocksDbStore::open(store_options));
     db = tiers->owned_db_.get();
   }
+  KvTiers* self = tiers.get();
+  auto keep = [self](const memory::BlockKey& key) { return self->is_pinned(key); };
   if (db != nullptr) {
-    AS_ASSIGN_OR_RETURN(tiers->disk_, memory::KvStore::open(
-                                          *db, memory::KvBlockFormat::make(model_fingerprint, layout),
-                                          options.disk_kv_quota_bytes));
+    AS_ASSIGN_OR_RETURN(tiers->disk_,
+                        memory::KvStore::open(*db, memory::KvBlockFormat::make(model_fingerprint, layout),
+                                              options.disk_kv_quota_bytes));
+    tiers->disk_->set_keep(keep);
+    tiers->storage_ = std::make_unique<StorageThread>(options.spill_queue_bytes);
   }
   if (options.host_kv_bytes > 0) {
-    KvTiers* self = tiers.get();
-    AS_ASSIGN_OR_RETURN(tiers->host_,
-                        memory::HostKvTier::create(layout, options.host_kv_bytes,
-                                                   [self](std::span<const memory::KvSpillBlock> evicted) {
-                                                     self->on_host_evict(evicted);
-                                                   }));
+    AS_ASSIGN_OR_RETURN(
+        tiers->host_,
+        memory::HostKvTier::create(
+            layout, options.host_kv_bytes,
+            [self](std::span<const memory::KvSpillBlock> evicted) { self->on_host_evict(evicted); }, keep));
   }
   return tiers;
 }
 
-KvTiers::~KvTiers() = default;
+KvTiers::~KvTiers() {
+  if (storage_) {
+    submit_spills();
+    storage_->drain();
+  }
+}
+
+std::vector<memory::BlockKey> KvTiers::chain_keys(std::span<const int32_t> tokens,
+                                                  const memory::BlockKey& salt) const {
+  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
+  std::vector<memory::BlockKey> keys;
+  keys.reserve(tokens.size() / bs);
+  memory::BlockKey parent = memory::kRootBlockKey;
+  for (size_t i = 0; i + bs <= tokens.size(); i += bs) {
+    parent = memory::chain_block_key(parent, tokens.subspan(i, bs), salt);
+    keys.push_back(parent);
+  }
+  return keys;
+}
+
+bool KvTiers::is_pinned(const memory::BlockKey& key) const {
+  std::lock_guard lock(pins_mu_);
+  return pinned_.contains(key);
+}
 
 void KvTiers::spill(int block, const memory::BlockKey& key, std::span<const int32_t> tokens) {
   const memory::KvSpillBlock spilled{.key = key, .tokens = tokens, .payload = arena_.block_bytes(block)};
   if (host_) {
-    // T1's evictions reach T2 through on_host_evict, inside this call.
+    // T1's evictions reach the staging queue through on_host_evict, inside this call.
     if (host_->put_batch(std::span(&spilled, 1)).ok()) {
+      std::lock_guard lock(mu_);
       counters_.host_bytes_spilled += static_cast<int64_t>(spilled.payload.size());
-      host_tokens_[key].assign(tokens.begin(), tokens.end());
       return;
     }
   }
-  if (disk_) (void)write_disk(std::span(&spilled, 1));
+  if (disk_) stage(std::span(&spilled, 1));
 }
 
 void KvTiers::on_host_evict(std::span<const memory::KvSpillBlock> evicted) {
-  if (disk_) (void)write_disk(evicted);
-  for (const memory::KvSpillBlock& b : evicted) host_tokens_.erase(b.key);
+  if (disk_) stage(evicted);
+}
+
+void KvTiers::stage(std::span<const memory::KvSpillBlock> blocks) {
+  std::vector<PendingPtr> copies;
+  copies.reserve(blocks.size());
+  for (const memory::KvSpillBlock& b : blocks) {
+    // A block loaded from T2 and evicted again is still there: writing it again would only cost I/O.
+    if (disk_->contains(b.key)) continue;
+    auto p = std::make_shared<PendingBlock>();
+    p->key = b.key;
+    p->tokens.assign(b.tokens.begin(), b.tokens.end());
+    p->payload.assign(b.payload.begin(), b.payload.end());
+    p->pinned = is_pinned(b.key);
+    copies.push_back(std::move(p));
+  }
+  std::lock_guard lock(mu_);
+  for (PendingPtr& p : copies) {
+    pending_[p->key] = p;
+    staged_.push_back(std::move(p));
+  }
+  if (staged_.size() >= kSpillBatchBlocks) submit_locked();
+}
+
+void KvTiers::submit_spills() {
+  if (!storage_) return;
+  std::lock_guard lock(mu_);
+  submit_locked();
+}
+
+void KvTiers::submit_locked() {
+  if (staged_.empty()) return;
+  auto batch = std::make_shared<std::vector<PendingPtr>>(std::move(staged_));
+  staged_.clear();
+  size_t bytes = 0;
+  for (const PendingPtr& p : *batch) bytes += p->payload.size();
+  if (storage_->try_post(bytes, [this, batch] { write_job(*batch); })) return;
+  // Queue full: the newest spill gives way (KV is a cache), except pinned blocks, which must not be lost.
+  auto pinned = std::make_shared<std::vector<PendingPtr>>();
+  for (const PendingPtr& p : *batch) {
+    if (p->pinned) {
+      pinned->push_back(p);
+      continue;
+    }
+    if (auto it = pending_.find(p->key); it != pending_.end() && it->second == p) pending_.erase(it);
+    ++counters_.spills_dropped;
+  }
+  if (!pinned->empty()) storage_->post([this, pinned] { write_job(*pinned); });
+}
+
+void KvTiers::write_job(const std::vector<PendingPtr>& batch) {
+  std::vector<memory::KvSpillBlock> live;
+  bool paused = false;
+  {
+    std::lock_guard lock(mu_);
+    // A discard since staging took the block out of pending_: it must not reach T2 any more.
+    for (const PendingPtr& p : batch) {
+      if (auto it = pending_.find(p->key); it != pending_.end() && it->second == p)
+        live.push_back({.key = p->key, .tokens = p->tokens, .payload = p->payload});
+    }
+    paused = stalled_ && Clock::now() < retry_at_;
+    if (paused) {
+      counters_.disk_write_errors += static_cast<int64_t>(live.size());
+      refused_since_warn_ += static_cast<int64_t>(live.size());
+    }
+  }
+  if (!paused && !live.empty()) {
+    // After an I/O error RocksDB stays read-only until resumed; a quota refusal needs no resume.
+    (void)write_disk(live);
+  }
+  std::lock_guard lock(mu_);
+  for (const PendingPtr& p : batch) {
+    if (auto it = pending_.find(p->key); it != pending_.end() && it->second == p) pending_.erase(it);
+  }
 }
 
 Status KvTiers::write_disk(std::span<const memory::KvSpillBlock> blocks) {
-  // A block loaded from T2 and evicted again is still there: writing it again would only cost I/O.
   std::vector<memory::KvSpillBlock> missing;
   missing.reserve(blocks.size());
   for (const memory::KvSpillBlock& b : blocks) {
     if (!disk_->contains(b.key)) missing.push_back(b);
   }
   if (missing.empty()) return Status::ok_status();
-  int64_t bytes = 0;
-  for (const memory::KvSpillBlock& b : missing) bytes += static_cast<int64_t>(b.payload.size());
   Status status = disk_->put_batch(missing);
-  if (status.ok()) {
-    counters_.disk_bytes_spilled += bytes;
-  } else {
-    // KV is a cache: a refused spill costs recompute later, never correctness.
-    counters_.disk_write_errors += static_cast<int64_t>(missing.size());
-    spdlog::warn("kv tiers: {} blocks not written to disk: {}", missing.size(), status.to_string());
+  if (!status.ok() && status.code() != StatusCode::kResourceExhausted) {
+    // A full disk leaves RocksDB read-only; once space is back, Resume() lets the next write through.
+    if (disk_->resume().ok()) status = disk_->put_batch(missing);
   }
+  note_disk_write(status, missing.size());
+  if (status.ok()) {
+    int64_t bytes = 0;
+    for (const memory::KvSpillBlock& b : missing) bytes += static_cast<int64_t>(b.payload.size());
+    std::lock_guard lock(mu_);
+    counters_.disk_bytes_spilled += bytes;
+  }
+  maybe_reclaim();
   return status;
 }
 
+void KvTiers::note_disk_write(const Status& status, size_t n_blocks) {
+  std::lock_guard lock(mu_);
+  const auto now = Clock::now();
+  if (status.ok()) {
+    if (stalled_) {
+      spdlog::info("kv tiers: disk spill resumed ({} blocks were not written while it was stopped)",
+                   refused_since_warn_);
+    }
+    stalled_ = false;
+    refused_since_warn_ = 0;
+    return;
+  }
+  // KV is a cache: a refused spill costs recompute later, never correctness.
+  counters_.disk_write_errors += static_cast<int64_t>(n_blocks);
+  refused_since_warn_ += static_cast<int64_t>(n_blocks);
+  if (!stalled_ || now - last_warn_ >= kWarnEvery) {
+    spdlog::warn(
+        "kv tiers: disk spill stopped, serving continues without keeping new KV on disk ({} blocks not "
+        "written so far; usage {} of quota {} bytes): {}",
+        refused_since_warn_, disk_->usage_bytes(), disk_->quota_bytes(), status.to_string());
+    last_warn_ = now;
+  }
+  stalled_ = true;
+  retry_at_ = now + kRetryAfter;
+}
+
+void KvTiers::maybe_reclaim() {
+  if (disk_->erased_since_reclaim() < options_.reclaim_after_bytes) return;
+  const auto start = Clock::now();
+  const Status status = disk_->reclaim();
+  if (!status.ok()) {
+    spdlog::warn("kv tiers: reclaiming deleted blocks' disk space failed: {}", status.to_string());
+    return;
+  }
+  std::lock_guard lock(mu_);
+  ++counters_.disk_reclaims;
+  spdlog::info("kv tiers: compacted deleted blocks away in {:.2f} s",
+               std::chrono::duration<double>(Clock::now() - start).count());
+}
+
 bool KvTiers::contains(const memory::BlockKey& key) const {
+  {
+    std::lock_guard lock(mu_);
+    if (pending_.contains(key)) return true;
+  }
   return (host_ && host_->contains(key)) || (disk_ && disk_->contains(key));
 }
 
 bool KvTiers::load(const memory::BlockKey& key, std::span<const int32_t> tokens, int block) {
-  const std::span<std::byte> out = arena_.block_bytes(block);
-  if (host_) {
-    if (host_->get(key, tokens, out).ok()) {
-      ++counters_.host_hits;
-      counters_.host_bytes_loaded += static_cast<int64_t>(out.size());
-      // The block lives in T0 now and comes back to T1 if T0 evicts it: keeping both copies would only
-      // halve what T1 holds.
-      host_->erase(key);
-      host_tokens_.erase(key);
-      return true;
+  const memory::BlockLoad one{key, tokens, block};
+  return load_chain(std::span(&one, 1)) == 1;
+}
+
+int KvTiers::load_chain(std::span<const memory::BlockLoad> loads) {
+  const size_t n = loads.size();
+  std::vector<char> ok(n, 0);
+  std::vector<size_t> from_host;  // loads served by T1 (erased there once kept)
+  std::vector<memory::KvLoad> disk_loads;
+  std::vector<size_t> disk_pos;
+  int64_t host_hits = 0, host_misses = 0, host_bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const memory::BlockLoad& l = loads[i];
+    const std::span<std::byte> out = arena_.block_bytes(l.block);
+    PendingPtr pending;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = pending_.find(l.key); it != pending_.end()) pending = it->second;
     }
-    ++counters_.host_misses;
+    if (pending && std::ranges::equal(pending->tokens, l.tokens)) {
+      std::memcpy(out.data(), pending->payload.data(), out.size());
+      ok[i] = 1;
+    } else if (host_ && host_->get(l.key, l.tokens, out).ok()) {
+      ok[i] = 1;
+      from_host.push_back(i);
+    } else if (disk_ && disk_->contains(l.key)) {
+      disk_loads.push_back({l.key, l.tokens, out});
+      disk_pos.push_back(i);
+    } else {
+      if (host_) ++host_misses;
+      break;  // the chain ends here: nothing after it can be used
+    }
+    if (ok[i]) {
+      ++host_hits;
+      host_bytes += static_cast<int64_t>(out.size());
+    } else if (host_) {
+      ++host_misses;
+    }
+  }
+  int64_t disk_hits = 0, disk_misses = 0, disk_bytes = 0, corrupt = 0;
+  if (!disk_loads.empty()) {
+    const int64_t corrupt_before = disk_->counters().dropped_corrupt;
+    const std::vector<Status> read = disk_->get_batch(disk_loads);
+    corrupt = disk_->counters().dropped_corrupt - corrupt_before;
+    for (size_t j = 0; j < read.size(); ++j) {
+      if (read[j].ok()) {
+        ok[disk_pos[j]] = 1;
+        ++disk_hits;
+        disk_bytes += static_cast<int64_t>(disk_loads[j].out.size());
+        continue;
+      }
+      ++disk_misses;
+      if (read[j].code() != StatusCode::kNotFound) {
+        spdlog::warn("kv tiers: block {} rejected, recomputing: {}", disk_loads[j].key.to_hex(),
+                     read[j].to_string());
+      }
+    }
+  }
+  size_t leading = 0;
+  while (leading < n && ok[leading]) ++leading;
+  // The block lives in T0 now and comes back to T1 if T0 evicts it: keeping both copies would only halve
+  // what T1 holds. Blocks past the first failure stay in T1, since T0 gives them back unused.
+  for (size_t i : from_host) {
+    if (i < leading) host_->erase(loads[i].key);
+  }
+  std::lock_guard lock(mu_);
+  counters_.host_hits += host_hits;
+  counters_.host_misses += host_misses;
+  counters_.host_bytes_loaded += host_bytes;
+  counters_.disk_hits += disk_hits;
+  counters_.disk_misses += disk_misses;
+  counters_.disk_bytes_loaded += disk_bytes;
+  counters_.dropped_corrupt += corrupt;
+  return static_cast<int>(leading);
+}
+
+void KvTiers::prefetch(std::span<const int32_t> tokens, const memory::BlockKey& salt) {
+  if (!host_ || !disk_) return;
+  std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
+  keys.resize(std::min(keys.size(), static_cast<size_t>(host_->capacity_blocks())));
+  std::vector<int32_t> ids(tokens.begin(),
+                           tokens.begin() + static_cast<ptrdiff_t>(keys.size() * arena_.layout().block_size));
+  storage_->post([this, keys = std::move(keys), ids = std::move(ids)] { prefetch_job(keys, ids); });
+}
+
+void KvTiers::prefetch_job(const std::vector<memory::BlockKey>& keys, const std::vector<int32_t>& tokens) {
+  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
+  const size_t block_bytes = arena_.layout().block_bytes();
+  // One T1 put must fit T1 whole.
+  const size_t batch_blocks = std::min(kIoBatchBlocks, static_cast<size_t>(host_->capacity_blocks()));
+  std::vector<std::byte> buffer(batch_blocks * block_bytes);
+  std::vector<memory::KvLoad> reads;
+  int64_t fetched = 0;
+  auto run = [&] {
+    if (reads.empty()) return;
+    const std::vector<Status> read = disk_->get_batch(reads);
+    std::vector<memory::KvSpillBlock> got;
+    for (size_t j = 0; j < reads.size(); ++j) {
+      if (read[j].ok()) got.push_back({reads[j].key, reads[j].tokens, reads[j].out});
+    }
+    if (!got.empty() && host_->put_batch(got).ok()) fetched += static_cast<int64_t>(got.size());
+    reads.clear();
+  };
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (host_->contains(keys[i])) continue;
+    {
+      std::lock_guard lock(mu_);
+      if (pending_.contains(keys[i])) continue;
+    }
+    if (!disk_->contains(keys[i])) break;  // the chain ends in T2: admission cannot use what follows
+    const size_t slot = reads.size();
+    reads.push_back({keys[i], std::span(tokens).subspan(i * bs, bs),
+                     std::span(buffer).subspan(slot * block_bytes, block_bytes)});
+    if (reads.size() == batch_blocks) run();
+  }
+  run();
+  std::lock_guard lock(mu_);
+  counters_.prefetched_blocks += fetched;
+}
+
+void KvTiers::pin(const std::string& pin_id, std::span<const int32_t> tokens, const memory::BlockKey& salt) {
+  std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
+  unpin(pin_id);
+  std::lock_guard lock(pins_mu_);
+  for (const memory::BlockKey& k : keys) ++pinned_[k];
+  pins_[pin_id] = std::move(keys);
+}
+
+void KvTiers::unpin(const std::string& pin_id) {
+  std::lock_guard lock(pins_mu_);
+  auto it = pins_.find(pin_id);
+  if (it == pins_.end()) return;
+  for (const memory::BlockKey& k : it->second) {
+    auto p = pinned_.find(k);
+    if (p != pinned_.end() && --p->second == 0) pinned_.erase(p);
+  }
+  pins_.erase(it);
+}
+
+void KvTiers::discard(std::span<const int32_t> tokens, const memory::BlockKey& salt, int from_token) {
+  std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
+  const size_t first = static_cast<size_t>(std::max(0, from_token) / arena_.layout().block_size);
+  keys.erase(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(std::min(first, keys.size())));
+  if (keys.empty()) return;
+  if (!storage_) {
+    discard_job(keys);
+    return;
+  }
+  storage_->post([this, keys = std::move(keys)] { discard_job(keys); });
+}
+
+void KvTiers::discard_job(const std::vector<memory::BlockKey>& keys) {
+  int64_t removed = 0;
+  {
+    std::lock_guard lock(mu_);
+    for (const memory::BlockKey& k : keys) removed += static_cast<int64_t>(pending_.erase(k));
+  }
+  if (host_) {
+    for (const memory::BlockKey& k : keys) {
+      if (host_->contains(k)) {
+        host_->erase(k);
+        ++removed;
+      }
+    }
   }
   if (disk_) {
-    const int64_t corrupt_before = disk_->counters().dropped_corrupt;
-    const Status status = disk_->get(key, tokens, out);
-    counters_.dropped_corrupt += disk_->counters().dropped_corrupt - corrupt_before;
-    if (status.ok()) {
-      ++counters_.disk_hits;
-      counters_.disk_bytes_loaded += static_cast<int64_t>(out.size());
-      return true;
-    }
-    ++counters_.disk_misses;
-    if (status.code() != StatusCode::kNotFound) {
-      spdlog::warn("kv tiers: block {} rejected, recomputing: {}", key.to_hex(), status.to_string());
+    Result<size_t> erased = disk_->erase_batch(keys);
+    if (erased.ok()) {
+      removed += static_cast<int64_t>(*erased);
+      maybe_reclaim();
+    } else {
+      spdlog::warn("kv tiers: discard could not delete blocks on disk: {}", erased.status().to_string());
     }
   }
-  return false;
+  std::lock_guard lock(mu_);
+  counters_.discarded_blocks += removed;
+}
+
+void KvTiers::sync() {
+  if (!storage_) return;
+  submit_spills();
+  storage_->drain();
+}
+
+KvTierCounters KvTiers::counters() const {
+  KvTierCounters c;
+  {
+    std::lock_guard lock(mu_);
+    c = counters_;
+    c.disk_spill_stalled = stalled_ ? 1 : 0;
+  }
+  {
+    std::lock_guard lock(pins_mu_);
+    c.pinned_blocks = static_cast<int64_t>(pinned_.size());
+  }
+  if (host_) {
+    c.host_bytes_used = static_cast<int64_t>(host_->bytes_used());
+    c.pinned_evictions = host_->counters().pinned_evictions;
+  }
+  if (disk_) c.disk_usage_bytes = static_cast<int64_t>(disk_->usage_bytes());
+  if (storage_) c.spill_queue_bytes = static_cast<int64_t>(storage_->queued_bytes());
+  return c;
 }
 
 Status KvTiers::flush(const memory::BlockManager& blocks) {
   if (!disk_) return Status::ok_status();
+  sync();
   Status first_error;
   auto keep_error = [&first_error](Status s) {
     if (first_error.ok() && !s.ok()) first_error = std::move(s);
   };
+  const size_t block_bytes = arena_.layout().block_bytes();
   // T1 first, then T0: T2's LRU then ranks the blocks T0 still held (the most recent) newest.
   if (host_) {
-    buffer_.resize(arena_.layout().block_bytes());
-    for (const auto& [key, tokens] : host_tokens_) {
-      if (disk_->contains(key) || !host_->get(key, tokens, buffer_).ok()) continue;
-      const memory::KvSpillBlock b{.key = key, .tokens = tokens, .payload = buffer_};
-      keep_error(write_disk(std::span(&b, 1)));
+    std::vector<std::pair<memory::BlockKey, std::vector<int32_t>>> held;
+    host_->for_each([&](const memory::KvSpillBlock& b) {
+      if (!disk_->contains(b.key))
+        held.emplace_back(b.key, std::vector<int32_t>(b.tokens.begin(), b.tokens.end()));
+    });
+    std::vector<std::byte> buffer(kIoBatchBlocks * block_bytes);
+    std::vector<memory::KvSpillBlock> batch;
+    for (const auto& [key, tokens] : held) {
+      const std::span<std::byte> out = std::span(buffer).subspan(batch.size() * block_bytes, block_bytes);
+      if (!host_->get(key, tokens, out).ok()) continue;
+      batch.push_back({.key = key, .tokens = tokens, .payload = out});
+      if (batch.size() == kIoBatchBlocks) {
+        keep_error(write_disk(batch));
+        batch.clear();
+      }
     }
+    if (!batch.empty()) keep_error(write_disk(batch));
   }
   std::vector<memory::KvSpillBlock> batch;
-  batch.reserve(kFlushBatchBlocks);
+  batch.reserve(kIoBatchBlocks);
   for (int b = 0; b < blocks.pool().num_blocks(); ++b) {
     const std::optional<memory::BlockKey> key = blocks.pool().key(b);
     if (!key) continue;
     batch.push_back({.key = *key, .tokens = blocks.block_tokens(b), .payload = arena_.block_bytes(b)});
-    if (batch.size() == kFlushBatchBlocks) {
+    if (batch.size() == kIoBatchBlocks) {
       keep_error(write_disk(batch));
       batch.clear();
     }

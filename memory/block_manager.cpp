@@ -113,28 +113,32 @@ int BlockManager::take_prefix(SequenceState& seq) {
   }
   const std::span<const int32_t> tokens(seq.tokens);
   const size_t n = seq.block_table.size();
+  std::vector<BlockLoad> loads;
+  std::vector<size_t> load_pos;  // chain position of each load
   for (size_t i = 0; i < n; ++i) {
-    if (seq.block_table[i] >= 0) {
-      ++hit_blocks_;
-      continue;
-    }
-    // Synchronous on the caller's thread: a load from disk blocks this admission (and the engine step).
-    const int block = pool_.allocate();
-    seq.block_table[i] = block;
-    std::span<const int32_t> block_tokens = tokens.subspan(i * block_size_, block_size_);
-    if (!source_->load(seq.block_keys[i], block_tokens, block)) {
-      for (size_t j = n; j-- > i;) {
-        if (seq.block_table[j] >= 0) pool_.release(seq.block_table[j]);
-      }
-      seq.block_table.resize(i);
-      seq.block_keys.resize(i);
-      return static_cast<int>(i);
-    }
+    if (seq.block_table[i] >= 0) continue;
+    seq.block_table[i] = pool_.allocate();
+    loads.push_back({seq.block_keys[i], tokens.subspan(i * block_size_, block_size_), seq.block_table[i]});
+    load_pos.push_back(i);
+  }
+  // On the caller's thread: a load from disk holds up this admission (and the engine step), which is why
+  // the tiers batch it and prefetch ahead of it.
+  const size_t loaded = loads.empty() ? 0 : static_cast<size_t>(source_->load_chain(loads));
+  const size_t kept = loaded < loads.size() ? load_pos[loaded] : n;
+  for (size_t j = 0; j < loaded && load_pos[j] < kept; ++j) {
     // A false return would mean the key is already indexed; the loaded copy then stays private, still valid.
-    commit_block(block, seq.block_keys[i], block_tokens);
+    commit_block(loads[j].block, loads[j].key, loads[j].tokens);
     ++loaded_blocks_;
   }
-  return static_cast<int>(n);
+  if (kept < n) {
+    for (size_t j = n; j-- > kept;) pool_.release(seq.block_table[j]);
+    seq.block_table.resize(kept);
+    seq.block_keys.resize(kept);
+  }
+  // Every load before the first failure lies before `kept`, so `loaded` of the kept blocks came from below.
+  hit_blocks_ += static_cast<int64_t>(kept - loaded);
+  seq.restored_tokens = static_cast<int>(loaded) * block_size_;
+  return static_cast<int>(kept);
 }
 
 bool BlockManager::commit_block(int block, const BlockKey& key, std::span<const int32_t> tokens) {

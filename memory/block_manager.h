@@ -14,8 +14,9 @@
 // sequence writes is its own. The manager never reads KV bytes and knows no model.
 //
 // Lower tiers: with a BlockSource set (T1 host RAM, T2 disk), a prefix walk that misses T0 goes on while
-// the source holds the chain's next block; allocate() loads each such block into a fresh T0 block, which is
-// then committed under its key and counts as cached like a T0 hit. A load that fails (gone, or rejected by
+// the source holds the chain's next block; allocate() loads all such blocks in one load_chain() call (so the
+// source can batch its reads) into fresh T0 blocks, which are then committed under their keys and count as
+// cached like T0 hits. A load that fails (gone, or rejected by
 // its checksum) ends the cached prefix there; the rest is computed, so a lower tier can cost time, never
 // correctness.
 #pragma once
@@ -41,6 +42,8 @@ struct SequenceState {
   // false: the sequence neither reuses cached blocks nor publishes its own (scoring needs every position
   // computed, and its blocks are worth nothing to requests or to the spill tiers).
   bool cacheable = true;
+  // Of the cached prefix taken at the last admission, the tokens loaded from the BlockSource (T1/T2).
+  int restored_tokens = 0;
 };
 
 struct PrefixMatch {
@@ -50,7 +53,14 @@ struct PrefixMatch {
   int num_source_hits = 0;  // how many of them the BlockSource holds (each needs a fresh T0 block)
 };
 
-// A lower KV tier as the manager sees it. Both calls take the chain key and the block's token ids.
+// One block to load from a lower tier into T0 block `block`.
+struct BlockLoad {
+  BlockKey key;
+  std::span<const int32_t> tokens;
+  int block = -1;
+};
+
+// A lower KV tier as the manager sees it. The calls take the chain key and the block's token ids.
 class BlockSource {
  public:
   virtual ~BlockSource() = default;
@@ -59,6 +69,17 @@ class BlockSource {
   // Writes the block's KV into T0 block `block` (exclusively owned by the caller, ref 1); false when the
   // block is gone or was rejected, and then the block's bytes are unspecified.
   virtual bool load(const BlockKey& key, std::span<const int32_t> tokens, int block) = 0;
+  // Loads blocks of one chain, given in chain order; returns how many leading loads succeeded (the blocks
+  // after them hold unspecified bytes). The default calls load() one by one; a tier overrides it to batch.
+  virtual int load_chain(std::span<const BlockLoad> loads) {
+    int n = 0;
+    while (n < static_cast<int>(loads.size()) &&
+           load(loads[static_cast<size_t>(n)].key, loads[static_cast<size_t>(n)].tokens,
+                loads[static_cast<size_t>(n)].block)) {
+      ++n;
+    }
+    return n;
+  }
 };
 
 struct KvSlot {

@@ -7,7 +7,7 @@
 namespace agentserve::memory {
 
 Result<std::unique_ptr<HostKvTier>> HostKvTier::create(const KvLayout& layout, size_t budget_bytes,
-                                                       EvictCallback on_evict) {
+                                                       EvictCallback on_evict, KeepPredicate keep) {
   AS_RETURN_IF_ERROR(layout.validate());
   const int n = layout.blocks_that_fit(budget_bytes);
   if (n <= 0) {
@@ -15,12 +15,13 @@ Result<std::unique_ptr<HostKvTier>> HostKvTier::create(const KvLayout& layout, s
                                     " bytes holds no block of " + std::to_string(layout.block_stride()));
   }
   AS_ASSIGN_OR_RETURN(KvArena arena, KvArena::create(layout, n));
-  return std::unique_ptr<HostKvTier>(new HostKvTier(std::move(arena), std::move(on_evict)));
+  return std::unique_ptr<HostKvTier>(new HostKvTier(std::move(arena), std::move(on_evict), std::move(keep)));
 }
 
-HostKvTier::HostKvTier(KvArena arena, EvictCallback on_evict)
+HostKvTier::HostKvTier(KvArena arena, EvictCallback on_evict, KeepPredicate keep)
     : arena_(std::move(arena)),
       on_evict_(std::move(on_evict)),
+      keep_(std::move(keep)),
       slots_(static_cast<size_t>(arena_.num_blocks())),
       tokens_(static_cast<size_t>(arena_.num_blocks()) * static_cast<size_t>(arena_.layout().block_size)) {
   // Reused from the back: slot 0 first.
@@ -28,6 +29,11 @@ HostKvTier::HostKvTier(KvArena arena, EvictCallback on_evict)
 }
 
 std::span<int32_t> HostKvTier::tokens_of(int slot) {
+  const auto b = static_cast<size_t>(arena_.layout().block_size);
+  return std::span(tokens_).subspan(static_cast<size_t>(slot) * b, b);
+}
+
+std::span<const int32_t> HostKvTier::tokens_of(int slot) const {
   const auto b = static_cast<size_t>(arena_.layout().block_size);
   return std::span(tokens_).subspan(static_cast<size_t>(slot) * b, b);
 }
@@ -57,9 +63,19 @@ Status HostKvTier::put_batch(std::span<const KvSpillBlock> blocks) {
                                       " blocks exceeds " + std::to_string(slots_.size()) + " slots");
   }
   // Victims leave together, so the callback can spill them as one batch while their bytes are intact.
+  // Unpinned blocks first; pinned ones only when those cannot make room.
   std::vector<int> victims;
-  for (auto it = lru_.begin(); free_.size() + victims.size() < new_keys && it != lru_.end(); ++it) {
-    if (!incoming.contains(slots_[*it].key)) victims.push_back(*it);
+  int64_t pinned_victims = 0;
+  for (int pass = 0; pass < (keep_ ? 2 : 1); ++pass) {
+    for (auto it = lru_.begin(); free_.size() + victims.size() < new_keys && it != lru_.end(); ++it) {
+      const BlockKey& key = slots_[*it].key;
+      if (incoming.contains(key)) continue;
+      const bool pinned = keep_ && keep_(key);
+      if (pass == 0 && pinned) continue;
+      if (pass == 1 && !pinned) continue;
+      victims.push_back(*it);
+      pinned_victims += pass;
+    }
   }
   if (!victims.empty()) {
     std::vector<KvSpillBlock> evicted;
@@ -70,6 +86,7 @@ Status HostKvTier::put_batch(std::span<const KvSpillBlock> blocks) {
     if (on_evict_) on_evict_(evicted);
     for (int s : victims) release_locked(s);
     counters_.evictions += static_cast<int64_t>(victims.size());
+    counters_.pinned_evictions += pinned_victims;
   }
   for (const KvSpillBlock& b : blocks) {
     int slot;
@@ -119,6 +136,14 @@ bool HostKvTier::contains(const BlockKey& key) const {
 void HostKvTier::erase(const BlockKey& key) {
   std::lock_guard lock(mu_);
   if (auto it = index_.find(key); it != index_.end()) release_locked(it->second);
+}
+
+void HostKvTier::for_each(const std::function<void(const KvSpillBlock&)>& fn) const {
+  std::lock_guard lock(mu_);
+  for (int s : lru_) {
+    fn(KvSpillBlock{slots_[s].key, tokens_of(s).first(static_cast<size_t>(slots_[s].n_tokens)),
+                    arena_.block_bytes(s)});
+  }
 }
 
 int HostKvTier::num_blocks() const {

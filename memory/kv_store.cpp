@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <unordered_set>
 
 namespace agentserve::memory {
 namespace {
@@ -68,6 +69,12 @@ Result<std::unique_ptr<KvStore>> KvStore::open(RocksDbStore& store, const KvBloc
                                                uint64_t quota_bytes) {
   AS_RETURN_IF_ERROR(format.layout.validate());
   std::unique_ptr<KvStore> kv(new KvStore(store, format, quota_bytes));
+  // LRU eviction deletes the oldest blocks, which sit in the oldest blob files: compact those (the default
+  // age cutoff's oldest quarter) as soon as half their bytes are garbage, instead of waiting for the LSM's
+  // own compactions to reach them.
+  AS_RETURN_IF_ERROR(
+      from_rocksdb(store.db()->SetOptions(kv->cf_, {{"blob_garbage_collection_force_threshold", "0.5"}}),
+                   "set kv blob gc options"));
   AS_RETURN_IF_ERROR(kv->load_index());
   return kv;
 }
@@ -136,11 +143,17 @@ Status KvStore::put_batch(std::span<const KvSpillBlock> blocks) {
   uint64_t projected = usage_ - replaced + added;
   std::vector<BlockKey> victims;
   for (auto it = lru_.begin(); projected > quota_ && it != lru_.end(); ++it) {
-    if (incoming.contains(*it)) continue;
+    if (incoming.contains(*it) || (keep_ && keep_(*it))) continue;
     victims.push_back(*it);
     projected -= index_.at(*it).size;
   }
 
+  if (projected > quota_) {
+    ++counters_.quota_refusals;
+    return Status::resource_exhausted("kv batch of " + std::to_string(added) +
+                                      " bytes does not fit the disk quota of " + std::to_string(quota_) +
+                                      ": the rest is pinned");
+  }
   rocksdb::WriteBatch batch;
   for (const BlockKey& v : victims) delete_block(batch, cf_, v);
   std::vector<uint64_t> ticks(blocks.size());
@@ -152,12 +165,7 @@ Status KvStore::put_batch(std::span<const KvSpillBlock> blocks) {
   // A crash may lose the newest blocks, which only costs recompute.
   AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv put batch"));
 
-  for (const BlockKey& v : victims) {
-    auto it = index_.find(v);
-    usage_ -= it->second.size;
-    lru_.erase(it->second.lru_pos);
-    index_.erase(it);
-  }
+  for (const BlockKey& v : victims) forget_locked(index_.find(v));
   counters_.evictions += static_cast<int64_t>(victims.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
     auto [it, inserted] = index_.try_emplace(blocks[i].key);
@@ -175,30 +183,63 @@ Status KvStore::put_batch(std::span<const KvSpillBlock> blocks) {
 }
 
 Status KvStore::get(const BlockKey& key, std::span<const int32_t> tokens, std::span<std::byte> out) {
-  if (out.size() != format_.layout.block_bytes()) {
-    return Status::invalid_argument("kv get buffer is " + std::to_string(out.size()) + " bytes, a block is " +
-                                    std::to_string(format_.layout.block_bytes()));
-  }
-  uint64_t tick = 0;
+  const KvLoad load{key, tokens, out};
+  return get_batch(std::span(&load, 1))[0];
+}
+
+std::vector<Status> KvStore::get_batch(std::span<const KvLoad> loads) {
+  const size_t n = loads.size();
+  std::vector<Status> statuses(n);
+  std::vector<uint64_t> ticks(n, 0);
+  std::vector<size_t> wanted;  // loads to read
+  wanted.reserve(n);
   {
     std::lock_guard lock(mu_);
-    auto it = index_.find(key);
-    if (it == index_.end()) {
-      ++counters_.misses;
-      return Status::not_found("kv block " + key.to_hex());
+    for (size_t i = 0; i < n; ++i) {
+      if (loads[i].out.size() != format_.layout.block_bytes()) {
+        statuses[i] =
+            Status::invalid_argument("kv get buffer is " + std::to_string(loads[i].out.size()) +
+                                     " bytes, a block is " + std::to_string(format_.layout.block_bytes()));
+        continue;
+      }
+      auto it = index_.find(loads[i].key);
+      if (it == index_.end()) {
+        ++counters_.misses;
+        statuses[i] = Status::not_found("kv block " + loads[i].key.to_hex());
+        continue;
+      }
+      ticks[i] = it->second.tick;
+      wanted.push_back(i);
     }
-    tick = it->second.tick;
   }
-  rocksdb::PinnableSlice value;
-  rocksdb::Status rs = store_.db()->Get(read_options_, cf_, record_key(kBlockPrefix, key), &value);
-  if (rs.IsNotFound()) {
-    // Evicted or erased since the lookup.
-    std::lock_guard lock(mu_);
-    ++counters_.misses;
-    return Status::not_found("kv block " + key.to_hex());
+  if (wanted.empty()) return statuses;
+  std::vector<std::string> record_keys(wanted.size());
+  std::vector<rocksdb::Slice> slices(wanted.size());
+  for (size_t j = 0; j < wanted.size(); ++j) {
+    record_keys[j] = record_key(kBlockPrefix, loads[wanted[j]].key);
+    slices[j] = record_keys[j];
   }
-  AS_RETURN_IF_ERROR(from_rocksdb(rs, "kv get " + key.to_hex()));
+  std::vector<rocksdb::PinnableSlice> values(wanted.size());
+  std::vector<rocksdb::Status> read(wanted.size());
+  store_.db()->MultiGet(read_options_, cf_, wanted.size(), slices.data(), values.data(), read.data());
+  for (size_t j = 0; j < wanted.size(); ++j) {
+    const size_t i = wanted[j];
+    if (read[j].IsNotFound()) {
+      // Evicted or erased since the lookup.
+      std::lock_guard lock(mu_);
+      ++counters_.misses;
+      statuses[i] = Status::not_found("kv block " + loads[i].key.to_hex());
+    } else if (!read[j].ok()) {
+      statuses[i] = from_rocksdb(read[j], "kv get " + loads[i].key.to_hex());
+    } else {
+      statuses[i] = finish_get(loads[i].key, ticks[i], loads[i].tokens, values[j], loads[i].out);
+    }
+  }
+  return statuses;
+}
 
+Status KvStore::finish_get(const BlockKey& key, uint64_t tick, std::span<const int32_t> tokens,
+                           const rocksdb::PinnableSlice& value, std::span<std::byte> out) {
   std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(value.data()), value.size());
   KvBlockDecodeResult decoded = decode_kv_block(bytes, format_, key, tokens);
   if (!decoded.ok()) {
@@ -241,10 +282,54 @@ Status KvStore::erase_locked(Index::iterator it) {
   rocksdb::WriteBatch batch;
   delete_block(batch, cf_, it->first);
   AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv erase"));
+  forget_locked(it);
+  return Status::ok_status();
+}
+
+void KvStore::forget_locked(Index::iterator it) {
   usage_ -= it->second.size;
+  erased_bytes_ += it->second.size;
   lru_.erase(it->second.lru_pos);
   index_.erase(it);
+}
+
+Result<size_t> KvStore::erase_batch(std::span<const BlockKey> keys) {
+  std::lock_guard lock(mu_);
+  rocksdb::WriteBatch batch;
+  std::vector<Index::iterator> present;
+  std::unordered_set<BlockKey> seen;
+  for (const BlockKey& key : keys) {
+    auto it = index_.find(key);
+    if (it == index_.end() || !seen.insert(key).second) continue;
+    delete_block(batch, cf_, key);
+    present.push_back(it);
+  }
+  if (present.empty()) return size_t{0};
+  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv erase batch"));
+  for (auto it : present) forget_locked(it);
+  return present.size();
+}
+
+Status KvStore::reclaim() {
+  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush"));
+  rocksdb::CompactRangeOptions options;
+  options.blob_garbage_collection_policy = rocksdb::BlobGarbageCollectionPolicy::kForce;
+  options.blob_garbage_collection_age_cutoff = 1.0;
+  options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->CompactRange(options, cf_, nullptr, nullptr), "kv compact"));
+  std::lock_guard lock(mu_);
+  erased_bytes_ = 0;
+  ++counters_.reclaims;
   return Status::ok_status();
+}
+
+Status KvStore::resume() {
+  return from_rocksdb(store_.db()->Resume(), "kv resume");
+}
+
+uint64_t KvStore::erased_since_reclaim() const {
+  std::lock_guard lock(mu_);
+  return erased_bytes_;
 }
 
 bool KvStore::contains(const BlockKey& key) const {

@@ -14,7 +14,12 @@
 // if the batch cannot fit even then, nothing is written and the call returns ResourceExhausted.
 // The quota counts encoded value bytes, not files: a deleted block's blob space comes back when blob
 // garbage collection rewrites or drops its file during compaction, so the folder can run above the quota
-// for a while.
+// for a while. open() makes every blob file eligible for that collection (age cutoff 1.0) and forces a
+// compaction of files more than half garbage; reclaim() runs it now (flush + full compaction with forced
+// blob GC), and the caller runs it when erased bytes pile up (KvStore::erased_since_reclaim()).
+//
+// Pinning: with a keep predicate set, the quota LRU never deletes a block it holds: a write that only
+// fits by deleting kept blocks is refused (ResourceExhausted), and the kept blocks stay.
 //
 // Thread-safe: one mutex guards the index and is held across each write (RocksDB serializes writes
 // anyway); the RocksDB read, verification and copy of get() run outside it.
@@ -22,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -42,6 +48,13 @@ struct KvSpillBlock {
   std::span<const std::byte> payload;  // layout.block_bytes() bytes of K/V
 };
 
+// One block of a batched read: its key, its token ids (checked as in get()) and where its payload goes.
+struct KvLoad {
+  BlockKey key;
+  std::span<const int32_t> tokens;
+  std::span<std::byte> out;
+};
+
 struct KvStoreCounters {
   int64_t hits = 0;
   int64_t misses = 0;
@@ -51,6 +64,7 @@ struct KvStoreCounters {
   int64_t dropped_mismatch = 0;  // intact but another model, layout, version, key or tokens
   int64_t evictions = 0;
   int64_t quota_refusals = 0;
+  int64_t reclaims = 0;  // reclaim() runs
 };
 
 class KvStore {
@@ -68,10 +82,29 @@ class KvStore {
   // `tokens`, when non-empty, must equal the stored token ids. NotFound on a miss; Corruption or
   // FailedPrecondition for a rejected block, which is deleted.
   Status get(const BlockKey& key, std::span<const int32_t> tokens, std::span<std::byte> out);
+  // get() of every load with one RocksDB MultiGet; one status per load, in order.
+  std::vector<Status> get_batch(std::span<const KvLoad> loads);
 
   bool contains(const BlockKey& key) const;
   // Deletes the block if present; OK either way.
   Status erase(const BlockKey& key);
+  // Deletes the blocks present, in one WriteBatch; returns how many it deleted.
+  Result<size_t> erase_batch(std::span<const BlockKey> keys);
+
+  // Blocks the quota LRU must not delete (pinned). Set before the store is shared between threads; it is
+  // called under the store's lock, so it must not call back into the store.
+  using KeepPredicate = std::function<bool(const BlockKey&)>;
+  void set_keep(KeepPredicate keep) { keep_ = std::move(keep); }
+
+  // Flushes the kv family and compacts it with forced blob garbage collection, so deleted blocks' blob
+  // files are rewritten or dropped. Slow (reads and rewrites live blobs of the files it collects): run it
+  // off the engine thread.
+  Status reclaim();
+  // After an I/O error (a full disk) RocksDB refuses writes until resumed: tries that, e.g. once space is
+  // back. OK when the database had no error.
+  Status resume();
+  // Encoded bytes deleted (evicted, erased, dropped) since the last reclaim().
+  uint64_t erased_since_reclaim() const;
 
   uint64_t usage_bytes() const;
   uint64_t quota_bytes() const { return quota_; }
@@ -92,6 +125,10 @@ class KvStore {
   using Index = std::unordered_map<BlockKey, Entry>;
   Status drop_if_unchanged(const BlockKey& key, uint64_t tick);
   Status erase_locked(Index::iterator it);
+  void forget_locked(Index::iterator it);
+  // Verifies a value read for `key` (whose index tick was `tick`) and copies its payload to `out`.
+  Status finish_get(const BlockKey& key, uint64_t tick, std::span<const int32_t> tokens,
+                    const rocksdb::PinnableSlice& value, std::span<std::byte> out);
 
   RocksDbStore& store_;
   rocksdb::ColumnFamilyHandle* cf_;
@@ -105,7 +142,9 @@ class KvStore {
   std::list<BlockKey> lru_;
   uint64_t usage_ = 0;
   uint64_t next_tick_ = 1;
+  uint64_t erased_bytes_ = 0;
   KvStoreCounters counters_;
+  KeepPredicate keep_;
 };
 
 }  // namespace agentserve::memory

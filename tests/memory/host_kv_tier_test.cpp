@@ -124,5 +124,35 @@ TEST_CASE("blocks evicted from the host tier are found verified in the disk tier
   std::filesystem::remove_all(tmpl);
 }
 
+TEST_CASE("host tier evicts unpinned blocks first, and pinned ones only when nothing else makes room") {
+  std::vector<BlockKey> evicted;
+  auto t = HostKvTier::create(
+      kLayout, 3 * kLayout.block_stride(),
+      [&](std::span<const KvSpillBlock> out) {
+        for (const auto& b : out) evicted.push_back(b.key);
+      },
+      [](const BlockKey& k) { return k == TestBlock(1).key || k == TestBlock(2).key; });
+  REQUIRE(t.ok());
+  HostKvTier& tier = **t;
+  REQUIRE(put(tier, {1, 2, 3}).ok());
+  REQUIRE(put(tier, {4}).ok());  // LRU is 1, but 1 is pinned: 3 goes
+  REQUIRE(evicted.size() == 1);
+  CHECK(evicted[0] == TestBlock(3).key);
+  CHECK(tier.counters().pinned_evictions == 0);
+  REQUIRE(put(tier, {5, 6}).ok());  // only 4 is unpinned: it goes, then the oldest pinned (1)
+  REQUIRE(evicted.size() == 3);
+  CHECK(evicted[1] == TestBlock(4).key);
+  CHECK(evicted[2] == TestBlock(1).key);
+  CHECK(tier.counters().pinned_evictions == 1);
+  CHECK(get_checked(tier, 2).ok());
+  CHECK(tier.bytes_used() == 3 * kLayout.block_stride());
+  int seen = 0;
+  tier.for_each([&](const KvSpillBlock& b) {
+    seen++;
+    CHECK(b.tokens.size() == 4);
+  });
+  CHECK(seen == 3);
+}
+
 }  // namespace
 }  // namespace agentserve::memory

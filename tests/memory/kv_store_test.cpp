@@ -229,5 +229,110 @@ TEST_CASE("concurrent writers and readers never see wrong bytes and keep the quo
   CHECK(env.kv->usage_bytes() == env.kv->num_blocks() * env.block_value_bytes);
 }
 
+TEST_CASE("get_batch reads many blocks in one call with the same answers as get") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 2, 3, 5}).ok());
+  std::vector<TestBlock> want;
+  for (uint64_t n : {3, 4, 1, 5, 2}) want.emplace_back(n);
+  std::vector<std::vector<std::byte>> outs(want.size(), std::vector<std::byte>(kLayout.block_bytes()));
+  std::vector<KvLoad> loads;
+  for (size_t i = 0; i < want.size(); ++i) loads.push_back({want[i].key, want[i].tokens, outs[i]});
+  std::vector<int32_t> wrong{7, 7, 7, 7};
+  loads[4].tokens = wrong;  // block 2 under other token ids
+  const std::vector<Status> got = env.kv->get_batch(loads);
+  REQUIRE(got.size() == 5);
+  CHECK(got[0].ok());
+  CHECK(got[1].code() == StatusCode::kNotFound);
+  CHECK(got[2].ok());
+  CHECK(got[3].ok());
+  CHECK(got[4].code() == StatusCode::kFailedPrecondition);
+  CHECK(outs[0] == want[0].payload);
+  CHECK(outs[2] == want[2].payload);
+  CHECK(outs[3] == want[3].payload);
+  CHECK(env.kv->counters().hits == 3);
+  CHECK(env.kv->contains(TestBlock(2).key));  // a token mismatch keeps the block
+}
+
+TEST_CASE("the quota LRU never deletes a kept (pinned) block and refuses a write that only fits that way") {
+  Env env;
+  env.open(3);
+  env.kv->set_keep([](const BlockKey& k) { return k == TestBlock(1).key || k == TestBlock(2).key; });
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  REQUIRE(put(*env.kv, {4}).ok());  // evicts 3, the only block not kept
+  CHECK_FALSE(env.kv->contains(TestBlock(3).key));
+  for (uint64_t n : {1, 2, 4}) CHECK(get_checked(*env.kv, n).ok());
+  CHECK(put(*env.kv, {5, 6}).code() == StatusCode::kResourceExhausted);  // would need 1 or 2 gone
+  CHECK(env.kv->contains(TestBlock(4).key));                             // nothing changed
+  CHECK_FALSE(env.kv->contains(TestBlock(5).key));
+  CHECK(env.kv->counters().quota_refusals == 1);
+  CHECK(env.kv->usage_bytes() <= env.kv->quota_bytes());
+}
+
+TEST_CASE("erase_batch deletes the present blocks once and reports how many") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  const std::vector<BlockKey> keys{TestBlock(1).key, TestBlock(9).key, TestBlock(3).key, TestBlock(1).key};
+  auto erased = env.kv->erase_batch(keys);
+  REQUIRE(erased.ok());
+  CHECK(*erased == 2);
+  CHECK(env.kv->num_blocks() == 1);
+  CHECK(env.kv->usage_bytes() == env.block_value_bytes);
+  CHECK(env.kv->erased_since_reclaim() == 2 * env.block_value_bytes);
+  CHECK(get_checked(*env.kv, 2).ok());
+}
+
+uintmax_t folder_bytes(const std::filesystem::path& dir) {
+  uintmax_t total = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) total += e.file_size();
+  }
+  return total;
+}
+
+TEST_CASE("reclaim gives the disk space of deleted blocks back (blob files collected)") {
+  // Blocks of 128 KiB, so they live in blob files as real KV does.
+  const KvLayout big{.n_layers = 4, .n_kv_heads = 4, .head_dim = 64, .block_size = 16};
+  TempDir dir;
+  auto store = RocksDbStore::open(StoreOptions{.path = (dir.path / "db").string()});
+  REQUIRE_MESSAGE(store.ok(), store.status().to_string());
+  auto kv = KvStore::open(**store, KvBlockFormat::make("m", big), uint64_t{1} << 30);
+  REQUIRE_MESSAGE(kv.ok(), kv.status().to_string());
+  std::vector<int32_t> tokens(16, 5);
+  std::vector<std::byte> payload(big.block_bytes());
+  std::mt19937_64 rng(1);
+  for (auto& b : payload) b = static_cast<std::byte>(rng());
+  std::vector<BlockKey> keys;
+  for (uint64_t n = 0; n < 256; n += 32) {
+    std::vector<KvSpillBlock> batch;
+    for (uint64_t i = n; i < n + 32; ++i) {
+      keys.push_back({i + 1, i * 7 + 3});
+      batch.push_back({keys.back(), tokens, payload});
+    }
+    REQUIRE((*kv)->put_batch(batch).ok());
+  }
+  REQUIRE((*kv)->reclaim().ok());  // flushes the memtable into blob files
+  const uintmax_t written = folder_bytes(dir.path);
+  CHECK(written > 256 * big.block_bytes());
+
+  // Keep one block in eight: 7/8 of the bytes are garbage.
+  std::vector<BlockKey> doomed;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i % 8 != 0) doomed.push_back(keys[i]);
+  }
+  REQUIRE((*kv)->erase_batch(doomed).ok());
+  REQUIRE((*kv)->reclaim().ok());
+  const uintmax_t after = folder_bytes(dir.path);
+  MESSAGE("kv folder: " << written / 1024 << " KiB with 256 blocks, " << after / 1024
+                        << " KiB after deleting 224 and reclaim");
+  CHECK(after < written / 3);
+  CHECK((*kv)->erased_since_reclaim() == 0);
+  CHECK((*kv)->counters().reclaims == 2);
+  std::vector<std::byte> out(big.block_bytes());
+  CHECK((*kv)->get(keys[8], tokens, out).ok());
+  CHECK(out == payload);
+}
+
 }  // namespace
 }  // namespace agentserve::memory

@@ -1,0 +1,226 @@
+#include "agent/json_schema_grammar.h"
+
+#include <map>
+#include <set>
+
+namespace agentserve::agent {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+// What a schema may say besides the keywords each type handles; these change nothing in the grammar.
+const std::set<std::string>& annotation_keywords() {
+  static const std::set<std::string> keys = {"description", "title",   "default", "examples",
+                                             "strict",      "$schema", "$id",     "$comment"};
+  return keys;
+}
+
+class SchemaCompiler {
+ public:
+  SchemaCompiler(Grammar& grammar, const json& root) : g_(grammar), root_(root) {}
+
+  Result<int> compile(const json& schema, const std::string& path) {
+    if (++depth_ > 64) return Status::invalid_argument("schema nests deeper than 64 levels at " + path);
+    auto result = compile_inner(schema, path);
+    --depth_;
+    return result;
+  }
+
+ private:
+  Result<int> compile_inner(const json& schema, const std::string& path) {
+    if (schema.is_boolean()) {
+      return Status::invalid_argument("boolean schema at " + path + " is not supported; give a type");
+    }
+    if (!schema.is_object()) return Status::invalid_argument("schema at " + path + " is not an object");
+    if (auto it = schema.find("$ref"); it != schema.end()) return compile_ref(*it, path);
+    if (auto it = schema.find("const"); it != schema.end()) {
+      AS_RETURN_IF_ERROR(check_keys(schema, path, {"const", "type", "enum"}));
+      return scalar_literal(*it, path + "/const");
+    }
+    if (auto it = schema.find("enum"); it != schema.end()) {
+      AS_RETURN_IF_ERROR(check_keys(schema, path, {"enum", "type"}));
+      if (!it->is_array() || it->empty())
+        return Status::invalid_argument("enum at " + path + " must be a non-empty array");
+      GrammarNode any;
+      any.kind = GrammarNodeKind::kAnyOf;
+      for (size_t i = 0; i < it->size(); ++i) {
+        AS_ASSIGN_OR_RETURN(int lit, scalar_literal((*it)[i], path + "/enum/" + std::to_string(i)));
+        any.children.push_back(lit);
+      }
+      return g_.add(std::move(any));
+    }
+    if (auto it = schema.find("anyOf"); it != schema.end()) {
+      AS_RETURN_IF_ERROR(check_keys(schema, path, {"anyOf", "$defs", "definitions"}));
+      if (!it->is_array() || it->empty())
+        return Status::invalid_argument("anyOf at " + path + " must be a non-empty array");
+      GrammarNode any;
+      any.kind = GrammarNodeKind::kAnyOf;
+      for (size_t i = 0; i < it->size(); ++i) {
+        AS_ASSIGN_OR_RETURN(int option, compile((*it)[i], path + "/anyOf/" + std::to_string(i)));
+        any.children.push_back(option);
+      }
+      return g_.add(std::move(any));
+    }
+    auto type = schema.find("type");
+    if (type == schema.end()) {
+      AS_RETURN_IF_ERROR(check_keys(schema, path, {}, true));
+      return Status::invalid_argument("schema at " + path + " has no type");
+    }
+    if (type->is_string()) return compile_type(schema, type->get<std::string>(), path);
+    if (!type->is_array() || type->empty())
+      return Status::invalid_argument("type at " + path + " must be a string or a non-empty array");
+    GrammarNode any;
+    any.kind = GrammarNodeKind::kAnyOf;
+    for (const json& t : *type) {
+      if (!t.is_string()) return Status::invalid_argument("type at " + path + " lists a non-string");
+      AS_ASSIGN_OR_RETURN(int option, compile_type(schema, t.get<std::string>(), path));
+      any.children.push_back(option);
+    }
+    return g_.add(std::move(any));
+  }
+
+  Result<int> compile_type(const json& schema, const std::string& type, const std::string& path) {
+    if (type == "object") return compile_object(schema, path);
+    if (type == "array") return compile_array(schema, path);
+    AS_RETURN_IF_ERROR(check_keys(schema, path, {"type", type == "string" ? "maxLength" : "type"}, true));
+    GrammarNode n;
+    if (type == "string") {
+      n.kind = GrammarNodeKind::kString;
+      if (auto it = schema.find("maxLength"); it != schema.end()) {
+        if (!it->is_number_unsigned() || it->get<uint64_t>() > 1'000'000)
+          return Status::invalid_argument("maxLength at " + path + " must be an integer in [0, 1e6]");
+        n.max_length = it->get<int>();
+      }
+    } else if (type == "number") {
+      n.kind = GrammarNodeKind::kNumber;
+    } else if (type == "integer") {
+      n.kind = GrammarNodeKind::kInteger;
+    } else if (type == "boolean") {
+      n.kind = GrammarNodeKind::kAnyOf;
+      n.children = {g_.add_literal("true"), g_.add_literal("false")};
+    } else if (type == "null") {
+      return g_.add_literal("null");
+    } else {
+      return Status::invalid_argument("unknown type \"" + type + "\" at " + path);
+    }
+    return g_.add(std::move(n));
+  }
+
+  Result<int> compile_object(const json& schema, const std::string& path) {
+    AS_RETURN_IF_ERROR(check_keys(
+        schema, path, {"type", "properties", "required", "additionalProperties", "$defs", "definitions"}, true));
+    if (auto it = schema.find("additionalProperties"); it != schema.end() && *it != json(false)) {
+      return Status::invalid_argument("additionalProperties at " + path +
+                                      " must be false (strict mode: only the listed properties)");
+    }
+    std::set<std::string> required;
+    if (auto it = schema.find("required"); it != schema.end()) {
+      if (!it->is_array()) return Status::invalid_argument("required at " + path + " must be an array");
+      for (const json& r : *it) {
+        if (!r.is_string()) return Status::invalid_argument("required at " + path + " lists a non-string");
+        required.insert(r.get<std::string>());
+      }
+    }
+    GrammarNode n;
+    n.kind = GrammarNodeKind::kObject;
+    if (auto it = schema.find("properties"); it != schema.end()) {
+      if (!it->is_object()) return Status::invalid_argument("properties at " + path + " must be an object");
+      for (auto prop = it->begin(); prop != it->end(); ++prop) {
+        AS_ASSIGN_OR_RETURN(int value, compile(prop.value(), path + "/properties/" + prop.key()));
+        n.properties.push_back({.key = json(prop.key()).dump(-1, ' ', false, json::error_handler_t::replace),
+                                .value = value,
+                                .required = required.count(prop.key()) > 0});
+        required.erase(prop.key());
+      }
+    }
+    if (!required.empty()) {
+      return Status::invalid_argument("required at " + path + " names \"" + *required.begin() +
+                                      "\", which is not in properties");
+    }
+    return g_.add(std::move(n));
+  }
+
+  Result<int> compile_array(const json& schema, const std::string& path) {
+    AS_RETURN_IF_ERROR(check_keys(schema, path, {"type", "items", "minItems", "maxItems"}, true));
+    auto items = schema.find("items");
+    if (items == schema.end()) return Status::invalid_argument("array at " + path + " needs items");
+    GrammarNode n;
+    n.kind = GrammarNodeKind::kArray;
+    for (const char* key : {"minItems", "maxItems"}) {
+      if (auto it = schema.find(key); it != schema.end()) {
+        if (!it->is_number_unsigned() || it->get<uint64_t>() > 1'000'000)
+          return Status::invalid_argument(std::string(key) + " at " + path + " must be an integer in [0, 1e6]");
+        (std::string(key) == "minItems" ? n.min_items : n.max_items) = it->get<int>();
+      }
+    }
+    if (n.min_items > n.max_items) return Status::invalid_argument("minItems > maxItems at " + path);
+    AS_ASSIGN_OR_RETURN(int item, compile(*items, path + "/items"));
+    n.children = {item};
+    return g_.add(std::move(n));
+  }
+
+  Result<int> compile_ref(const json& ref, const std::string& path) {
+    if (!ref.is_string()) return Status::invalid_argument("$ref at " + path + " must be a string");
+    const std::string target = ref.get<std::string>();
+    if (auto it = refs_.find(target); it != refs_.end()) return it->second;
+    std::string name;
+    const json* defs = nullptr;
+    for (const char* prefix : {"#/$defs/", "#/definitions/"}) {
+      const std::string p(prefix);
+      if (target.rfind(p, 0) == 0) {
+        name = target.substr(p.size());
+        auto it = root_.find(p.substr(2, p.size() - 3));
+        if (it != root_.end() && it->is_object()) defs = &*it;
+      }
+    }
+    if (defs == nullptr || !defs->contains(name)) {
+      return Status::invalid_argument("$ref \"" + target + "\" at " + path +
+                                      " does not name an entry of the root's $defs or definitions");
+    }
+    // A placeholder first, so a recursive definition refers to itself: it becomes a one-option anyOf.
+    GrammarNode wrapper;
+    wrapper.kind = GrammarNodeKind::kAnyOf;
+    const int index = g_.add(std::move(wrapper));
+    refs_[target] = index;
+    AS_ASSIGN_OR_RETURN(int body, compile((*defs)[name], target.substr(1)));
+    g_.nodes[static_cast<size_t>(index)].children = {body};
+    return index;
+  }
+
+  Result<int> scalar_literal(const json& value, const std::string& path) {
+    if (value.is_object() || value.is_array()) {
+      return Status::invalid_argument("enum/const value at " + path + " must be a string, number, bool or null");
+    }
+    return g_.add_literal(value.dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+
+  static Status check_keys(const json& schema, const std::string& path, const std::set<std::string>& allowed,
+                           bool allow_defs = false) {
+    for (auto it = schema.begin(); it != schema.end(); ++it) {
+      if (allowed.count(it.key()) || annotation_keywords().count(it.key())) continue;
+      if (allow_defs && (it.key() == "$defs" || it.key() == "definitions")) continue;
+      return Status::invalid_argument("unsupported keyword \"" + it.key() + "\" at " + path);
+    }
+    return {};
+  }
+
+  Grammar& g_;
+  const json& root_;
+  std::map<std::string, int> refs_;
+  int depth_ = 0;
+};
+
+}  // namespace
+
+Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema) {
+  SchemaCompiler compiler(grammar, schema);
+  return compiler.compile(schema, "#");
+}
+
+Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema) {
+  Grammar grammar;
+  AS_ASSIGN_OR_RETURN(grammar.root, add_json_schema(grammar, schema));
+  return grammar;
+}
+
+}  // namespace agentserve::agent

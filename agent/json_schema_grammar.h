@@ -1,0 +1,83 @@
+// JSON Schema -> grammar: compiles the schema subset OpenAI's strict mode accepts into a small tree of
+// grammar nodes that the byte-level matcher (agent/token_mask.h) walks. The grammar describes the exact
+// text a model is expected to emit, the way Python's json.dumps writes it: ", " and ": " separators
+// (the compact "," and ":" are tolerated), no other whitespace, non-ASCII left unescaped (escapes accepted).
+// It must never accept a document that does not parse as JSON or does not validate against the schema, and
+// never crash on a schema from a user: anything outside the subset is InvalidArgument naming the keyword and
+// its JSON-pointer path.
+//
+// Supported: type (one or a list, e.g. ["string", "null"]), object (properties, required,
+// additionalProperties false or absent: no other keys are ever produced), array (items, minItems,
+// maxItems), enum and const of scalars, string (maxLength), number, integer, boolean, null, anyOf, $ref to "#/$defs/.."
+// or "#/definitions/..", and annotations (description, title, default, examples, strict, $schema) ignored.
+// Key order: properties are emitted in the schema's order; a property not listed in required may be left
+// out. Numbers and integers are capped in length (see kMaxIntegerDigits) so a model cannot loop in one.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "nlohmann/json.hpp"
+
+namespace agentserve::agent {
+
+enum class GrammarNodeKind : uint8_t {
+  kLiteral,   // exactly `literal`
+  kString,    // a JSON string
+  kNumber,    // a JSON number
+  kInteger,   // a JSON number without fraction or exponent
+  kObject,    // '{' properties in order '}'
+  kArray,     // '[' item (", " item)* ']'
+  kAnyOf,     // one of `children`
+  kSequence,  // `children` one after the other
+  kRepeat,    // children[0], then (children[1] children[0]) up to max_items times in all
+};
+
+struct GrammarProperty {
+  std::string key;  // the key as emitted, quotes included: "\"name\""
+  int value = -1;   // node index
+  bool required = true;
+};
+
+struct GrammarNode {
+  GrammarNodeKind kind = GrammarNodeKind::kLiteral;
+  std::string literal;                     // kLiteral
+  bool added_tokens = false;               // kLiteral: a tokenizer's added tokens (<tool_call>) may spell it
+  std::vector<GrammarProperty> properties;  // kObject
+  std::vector<int> children;               // kAnyOf, kSequence, kRepeat; kArray: {items}
+  int min_items = 0;                       // kArray, kRepeat
+  int max_items = INT_MAX;                 // kArray, kRepeat
+  int max_length = INT_MAX;                // kString: characters (code points; an escape counts as one)
+};
+
+inline constexpr int kMaxIntegerDigits = 16;   // digits before the point
+inline constexpr int kMaxFractionDigits = 16;  // digits after it
+inline constexpr int kMaxExponentDigits = 2;  // so a number always fits a double (parsers refuse 1e618)
+
+struct Grammar {
+  std::vector<GrammarNode> nodes;
+  int root = -1;
+
+  int add(GrammarNode node) {
+    nodes.push_back(std::move(node));
+    return static_cast<int>(nodes.size()) - 1;
+  }
+  int add_literal(std::string text, bool added_tokens = false) {
+    GrammarNode n;
+    n.literal = std::move(text);
+    n.added_tokens = added_tokens;
+    return add(std::move(n));
+  }
+};
+
+// Adds the nodes for `schema` to `grammar` and returns the index of its root (the grammar's root is left
+// as it was, so several schemas can share one grammar).
+Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema);
+
+// A grammar whose root is `schema`.
+Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema);
+
+}  // namespace agentserve::agent

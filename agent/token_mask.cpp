@@ -1,0 +1,593 @@
+#include "agent/token_mask.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+namespace agentserve::agent {
+namespace {
+
+// Frame meanings by node kind (phase, a, b):
+//   root (node -1): phase 0 = value not started, 2 = value running, 1 = value done.
+//   kLiteral: a = bytes matched.
+//   kString: a = lexer state (kStr* below), b = characters so far.
+//   kNumber/kInteger: a = lexer state (kNum* below), b = digits in the current part.
+//   kObject: phase (kObj* below), a = property index (last one begun), b = bytes of its key matched.
+//   kArray: phase (kArr* below), a = items done.
+//   kSequence: a = child running or about to start.
+//   kRepeat: phase 0 = item about to start, 1 = item running, 2 = after an item, 3 = separator running;
+//            a = items done.
+enum StrState : int32_t {
+  kStrOpen, kStrBody, kStrEscape, kStrHex4, kStrHex3, kStrHex2, kStrHex1, kStrCont1, kStrCont2, kStrCont3,
+  kStrE0, kStrED, kStrF0, kStrF4, kStrHexLowSurrogateFree,
+};
+enum NumState : int32_t { kNumStart, kNumMinus, kNumZero, kNumInt, kNumDot, kNumFrac, kNumE, kNumESign, kNumExp };
+enum ObjPhase : int32_t {
+  kObjOpen, kObjFirstKey, kObjKey, kObjColon, kObjAfterColon, kObjValue, kObjAfterValue, kObjAfterComma,
+  kObjKeyStart, kObjValueStart,
+};
+enum ArrPhase : int32_t { kArrOpen, kArrFirst, kArrValue, kArrAfterValue, kArrAfterComma, kArrItemStart };
+
+constexpr size_t kMaxStackDepth = 64;
+constexpr int kMaxAnyOfNesting = 32;
+
+using Stack = std::vector<MatchFrame>;
+
+bool is_hex(uint8_t c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+bool is_digit(uint8_t c) {
+  return c >= '0' && c <= '9';
+}
+bool number_final(int32_t s) {
+  return s == kNumZero || s == kNumInt || s == kNumFrac || s == kNumExp;
+}
+
+class Stepper {
+ public:
+  Stepper(const Grammar& g, MatchState& out) : g_(g), out_(out) {}
+
+  void step(Stack& s, uint8_t c) {
+    MatchFrame& f = s.back();
+    if (f.node < 0) {
+      if (f.phase != 0) return;
+      f.phase = 2;
+      start_value(s, g_.root, c, 0);
+      return;
+    }
+    const GrammarNode& n = g_.nodes[static_cast<size_t>(f.node)];
+    switch (n.kind) {
+      case GrammarNodeKind::kLiteral:
+        if (static_cast<uint8_t>(n.literal[static_cast<size_t>(f.a)]) != c) return;
+        if (++f.a == static_cast<int32_t>(n.literal.size())) pop_complete(s);
+        return emit(s);
+      case GrammarNodeKind::kString:
+        // A character starts at a byte in the body that is not the closing quote or a continuation.
+        // Counted only under a limit, so unlimited strings keep one state (and one cached mask) throughout.
+        if (n.max_length != INT_MAX && f.a == kStrBody && c != '"' && (c < 0x80 || c >= 0xC0) &&
+            f.b++ >= n.max_length)
+          return;
+        if (string_step(f, c)) {
+          if (f.a < 0) pop_complete(s);
+          emit(s);
+        }
+        return;
+      case GrammarNodeKind::kNumber:
+      case GrammarNodeKind::kInteger:
+        return number_step(s, n.kind == GrammarNodeKind::kInteger, c);
+      case GrammarNodeKind::kObject:
+        return object_step(s, n, c);
+      case GrammarNodeKind::kArray:
+        return array_step(s, n, c);
+      case GrammarNodeKind::kSequence:
+        return start_value(s, n.children[static_cast<size_t>(f.a)], c, 0);
+      case GrammarNodeKind::kRepeat:
+        return repeat_step(s, n, c);
+      case GrammarNodeKind::kAnyOf:
+        return;  // never on a stack: start_value forks over the options
+    }
+  }
+
+  // The child on top of `s` is done: pop it and move its parent on (parents that end with it pop too).
+  void pop_complete(Stack& s) const {
+    s.pop_back();
+    MatchFrame& p = s.back();
+    if (p.node < 0) {
+      p.phase = 1;
+      return;
+    }
+    const GrammarNode& n = g_.nodes[static_cast<size_t>(p.node)];
+    switch (n.kind) {
+      case GrammarNodeKind::kObject:
+        p.phase = kObjAfterValue;
+        return;
+      case GrammarNodeKind::kArray:
+        p.phase = kArrAfterValue;
+        ++p.a;
+        return;
+      case GrammarNodeKind::kSequence:
+        if (++p.a == static_cast<int32_t>(n.children.size())) pop_complete(s);
+        return;
+      case GrammarNodeKind::kRepeat:
+        if (p.phase == 1) {
+          p.phase = 2;
+          ++p.a;
+        } else {
+          p.phase = 0;
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+ private:
+  void emit(const Stack& s) {
+    out_.frames.insert(out_.frames.end(), s.begin(), s.end());
+    out_.ends.push_back(static_cast<uint32_t>(out_.frames.size()));
+  }
+
+  void start_value(Stack& s, int node, uint8_t c, int nesting) {
+    const GrammarNode& n = g_.nodes[static_cast<size_t>(node)];
+    if (n.kind == GrammarNodeKind::kAnyOf) {
+      if (nesting >= kMaxAnyOfNesting) return;
+      for (int option : n.children) {
+        Stack copy = s;
+        start_value(copy, option, c, nesting + 1);
+      }
+      return;
+    }
+    if (s.size() >= kMaxStackDepth) return;
+    s.push_back({.node = node, .phase = 0, .a = 0, .b = 0});
+    step(s, c);
+  }
+
+  // False when `c` is refused; f.a = -1 when the closing quote came.
+  static bool string_step(MatchFrame& f, uint8_t c) {
+    switch (f.a) {
+      case kStrOpen:
+        if (c != '"') return false;
+        f.a = kStrBody;
+        return true;
+      case kStrBody:
+        if (c == '"') f.a = -1;
+        else if (c == '\\') f.a = kStrEscape;
+        else if (c < 0x20) return false;
+        else if (c < 0x80) f.a = kStrBody;
+        else if (c >= 0xC2 && c <= 0xDF) f.a = kStrCont1;
+        else if (c == 0xE0) f.a = kStrE0;
+        else if (c == 0xED) f.a = kStrED;
+        else if (c >= 0xE1 && c <= 0xEF) f.a = kStrCont2;
+        else if (c == 0xF0) f.a = kStrF0;
+        else if (c >= 0xF1 && c <= 0xF3) f.a = kStrCont3;
+        else if (c == 0xF4) f.a = kStrF4;
+        else return false;
+        return true;
+      case kStrEscape:
+        if (c == 'u') f.a = kStrHex4;
+        else if (std::strchr("\"\\/bfnrt", c) != nullptr && c != 0) f.a = kStrBody;
+        else return false;
+        return true;
+      case kStrHex4:
+        // \uD800-\uDFFF alone is a lone surrogate, which JSON parsers refuse: keep the first hex digit from
+        // starting one.
+        if (c == 'd' || c == 'D') f.a = kStrHexLowSurrogateFree;
+        else if (is_hex(c)) f.a = kStrHex3;
+        else return false;
+        return true;
+      case kStrHexLowSurrogateFree:
+        if (c < '0' || c > '7') return false;
+        f.a = kStrHex2;
+        return true;
+      case kStrHex3:
+      case kStrHex2:
+      case kStrHex1:
+        if (!is_hex(c)) return false;
+        f.a = f.a == kStrHex1 ? kStrBody : f.a + 1;
+        return true;
+      case kStrCont1:
+      case kStrCont2:
+      case kStrCont3:
+        if (c < 0x80 || c > 0xBF) return false;
+        f.a = f.a == kStrCont1 ? kStrBody : f.a - 1;
+        return true;
+      case kStrE0:
+      case kStrED:
+        if (f.a == kStrE0 ? (c < 0xA0 || c > 0xBF) : (c < 0x80 || c > 0x9F)) return false;
+        f.a = kStrCont1;
+        return true;
+      case kStrF0:
+      case kStrF4:
+        if (f.a == kStrF0 ? (c < 0x90 || c > 0xBF) : (c < 0x80 || c > 0x8F)) return false;
+        f.a = kStrCont2;
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  void number_step(Stack& s, bool integer, uint8_t c) {
+    MatchFrame& f = s.back();
+    if (number_final(f.a)) {  // the number may also have ended before `c`
+      Stack ended = s;
+      pop_complete(ended);
+      step(ended, c);
+    }
+    MatchFrame& g = s.back();
+    const bool digit = is_digit(c);
+    const bool exp = !integer && (c == 'e' || c == 'E');
+    switch (g.a) {
+      case kNumStart:
+      case kNumMinus:
+        if (c == '-' && g.a == kNumStart) g.a = kNumMinus;
+        else if (c == '0') g.a = kNumZero;
+        else if (digit) g = {g.node, 0, kNumInt, 1};
+        else return;
+        break;
+      case kNumZero:
+      case kNumInt:
+        if (digit && g.a == kNumInt && g.b < kMaxIntegerDigits) ++g.b;
+        else if (c == '.' && !integer) g = {g.node, 0, kNumDot, 0};
+        else if (exp) g = {g.node, 0, kNumE, 0};
+        else return;
+        break;
+      case kNumDot:
+      case kNumFrac:
+        if (digit && g.b < kMaxFractionDigits) g = {g.node, 0, kNumFrac, g.b + 1};
+        else if (exp && g.a == kNumFrac) g = {g.node, 0, kNumE, 0};
+        else return;
+        break;
+      case kNumE:
+      case kNumESign:
+        if ((c == '+' || c == '-') && g.a == kNumE) g.a = kNumESign;
+        else if (digit) g = {g.node, 0, kNumExp, 1};
+        else return;
+        break;
+      case kNumExp:
+        if (digit && g.b < kMaxExponentDigits) ++g.b;
+        else return;
+        break;
+      default:
+        return;
+    }
+    emit(s);
+  }
+
+  // The first property index > `after` a key may name, up to and including the first required one.
+  static bool all_optional_from(const GrammarNode& n, int from) {
+    for (size_t j = static_cast<size_t>(std::max(from, 0)); j < n.properties.size(); ++j)
+      if (n.properties[j].required) return false;
+    return true;
+  }
+
+  void object_step(Stack& s, const GrammarNode& n, uint8_t c) {
+    MatchFrame& f = s.back();
+    switch (f.phase) {
+      case kObjOpen:
+        if (c != '{') return;
+        f.phase = kObjFirstKey;
+        f.a = -1;
+        return emit(s);
+      case kObjFirstKey:
+      case kObjKeyStart:
+        if (c == '}' && f.phase == kObjFirstKey && all_optional_from(n, 0)) {
+          pop_complete(s);
+          return emit(s);
+        }
+        if (c != '"') return;
+        for (size_t j = static_cast<size_t>(f.a + 1); j < n.properties.size(); ++j) {
+          Stack copy = s;
+          copy.back() = {.node = f.node, .phase = kObjKey, .a = static_cast<int32_t>(j), .b = 1};
+          emit(copy);
+          if (n.properties[j].required) break;
+        }
+        return;
+      case kObjKey: {
+        const std::string& key = n.properties[static_cast<size_t>(f.a)].key;
+        if (static_cast<uint8_t>(key[static_cast<size_t>(f.b)]) != c) return;
+        if (++f.b == static_cast<int32_t>(key.size())) f.phase = kObjColon;
+        return emit(s);
+      }
+      case kObjColon:
+        if (c != ':') return;
+        f.phase = kObjAfterColon;
+        return emit(s);
+      case kObjAfterColon:
+      case kObjValueStart:
+        if (c == ' ' && f.phase == kObjAfterColon) {
+          f.phase = kObjValueStart;
+          return emit(s);
+        }
+        f.phase = kObjValue;
+        return start_value(s, n.properties[static_cast<size_t>(f.a)].value, c, 0);
+      case kObjAfterValue:
+        if (c == ',' && f.a + 1 < static_cast<int32_t>(n.properties.size())) {
+          f.phase = kObjAfterComma;
+          return emit(s);
+        }
+        if (c == '}' && all_optional_from(n, f.a + 1)) {
+          pop_complete(s);
+          return emit(s);
+        }
+        return;
+      case kObjAfterComma:
+        f.phase = kObjKeyStart;
+        if (c == ' ') return emit(s);
+        return object_step(s, n, c);
+      default:
+        return;
+    }
+  }
+
+  void array_step(Stack& s, const GrammarNode& n, uint8_t c) {
+    MatchFrame& f = s.back();
+    switch (f.phase) {
+      case kArrOpen:
+        if (c != '[') return;
+        f.phase = kArrFirst;
+        return emit(s);
+      case kArrFirst:
+        if (c == ']') {
+          if (n.min_items > 0) return;
+          pop_complete(s);
+          return emit(s);
+        }
+        if (n.max_items == 0) return;
+        f.phase = kArrValue;
+        return start_value(s, n.children[0], c, 0);
+      case kArrAfterValue:
+        if (c == ',' && f.a < n.max_items) {
+          f.phase = kArrAfterComma;
+          return emit(s);
+        }
+        if (c == ']' && f.a >= n.min_items) {
+          pop_complete(s);
+          return emit(s);
+        }
+        return;
+      case kArrAfterComma:
+      case kArrItemStart:
+        if (c == ' ' && f.phase == kArrAfterComma) {
+          f.phase = kArrItemStart;
+          return emit(s);
+        }
+        f.phase = kArrValue;
+        return start_value(s, n.children[0], c, 0);
+      default:
+        return;
+    }
+  }
+
+  void repeat_step(Stack& s, const GrammarNode& n, uint8_t c) {
+    MatchFrame& f = s.back();
+    if (f.phase == 0) {
+      f.phase = 1;
+      return start_value(s, n.children[0], c, 0);
+    }
+    if (f.phase != 2) return;
+    if (f.a >= n.min_items) {
+      Stack ended = s;
+      pop_complete(ended);
+      step(ended, c);
+    }
+    if (f.a < n.max_items) {
+      s.back().phase = 3;
+      start_value(s, n.children[1], c, 0);
+    }
+  }
+
+  const Grammar& g_;
+  MatchState& out_;
+};
+
+// Whether stack `s` can end here without another byte: a number in a final state or a repeat with enough
+// items may end, and so may everything under them that they complete.
+bool stack_can_end(const Grammar& g, Stack s) {
+  MatchState unused;
+  Stepper stepper(g, unused);
+  while (true) {
+    const MatchFrame& f = s.back();
+    if (f.node < 0) return f.phase == 1;
+    const GrammarNode& n = g.nodes[static_cast<size_t>(f.node)];
+    const bool may_end =
+        ((n.kind == GrammarNodeKind::kNumber || n.kind == GrammarNodeKind::kInteger) && number_final(f.a)) ||
+        (n.kind == GrammarNodeKind::kRepeat && f.phase == 2 && f.a >= n.min_items);
+    if (!may_end) return false;
+    stepper.pop_complete(s);
+  }
+}
+
+// Drops repeated stacks in place (anyOf options that read alike leave twins); allocates nothing.
+void dedupe(MatchState& st) {
+  if (st.ends.size() < 2) return;
+  size_t kept = 0;          // stacks kept so far, compacted to the front
+  uint32_t write_end = 0;   // end of the kept frames
+  uint32_t begin = 0;
+  for (size_t i = 0; i < st.ends.size(); ++i) {
+    const uint32_t end = st.ends[i];
+    bool seen = false;
+    uint32_t kb = 0;
+    for (size_t k = 0; k < kept && !seen; ++k) {
+      const uint32_t ke = st.ends[k];
+      seen = ke - kb == end - begin &&
+             std::equal(st.frames.begin() + begin, st.frames.begin() + end, st.frames.begin() + kb);
+      kb = ke;
+    }
+    if (!seen) {
+      std::copy(st.frames.begin() + begin, st.frames.begin() + end, st.frames.begin() + write_end);
+      write_end += end - begin;
+      st.ends[kept++] = write_end;
+    }
+    begin = end;
+  }
+  st.frames.resize(write_end);
+  st.ends.resize(kept);
+}
+
+}  // namespace
+
+void MatchState::key(std::string& out) const {
+  out.assign(reinterpret_cast<const char*>(ends.data()), ends.size() * sizeof(uint32_t));
+  out.append(reinterpret_cast<const char*>(frames.data()), frames.size() * sizeof(MatchFrame));
+}
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar) : grammar_(std::move(grammar)) {
+  state_.frames.push_back({.node = -1, .phase = 0, .a = 0, .b = 0});
+  state_.ends.push_back(1);
+}
+
+void GrammarMatcher::step(const Grammar& grammar, const MatchState& in, uint8_t byte, MatchState& out) {
+  out.clear();
+  Stepper stepper(grammar, out);
+  uint32_t begin = 0;
+  thread_local Stack s;  // reused: the trie walk calls this once per node
+  for (uint32_t end : in.ends) {
+    s.assign(in.frames.begin() + begin, in.frames.begin() + end);
+    stepper.step(s, byte);
+    begin = end;
+  }
+  dedupe(out);
+}
+
+bool GrammarMatcher::accepts(std::string_view bytes) const {
+  const MatchState* cur = &state_;
+  int which = 0;
+  for (char ch : bytes) {
+    step(*grammar_, *cur, static_cast<uint8_t>(ch), scratch_[which]);
+    cur = &scratch_[which];
+    which ^= 1;
+    if (cur->dead()) return false;
+  }
+  return true;
+}
+
+bool GrammarMatcher::advance(std::string_view bytes) {
+  if (bytes.empty()) return true;
+  if (!accepts(bytes)) return false;
+  state_ = scratch_[(bytes.size() - 1) % 2];
+  return true;
+}
+
+bool GrammarMatcher::can_end() const {
+  uint32_t begin = 0;
+  for (uint32_t end : state_.ends) {
+    if (stack_can_end(*grammar_, Stack(state_.frames.begin() + begin, state_.frames.begin() + end))) return true;
+    begin = end;
+  }
+  return false;
+}
+
+bool GrammarMatcher::added_token_allowed(std::string_view content) const {
+  if (content.empty() || !accepts(content.substr(0, 1))) return false;
+  const MatchState& first = scratch_[0];
+  bool in_literal = false;
+  for (uint32_t end : first.ends) {
+    const MatchFrame& top = first.frames[end - 1];
+    if (top.node >= 0) {
+      const GrammarNode& n = grammar_->nodes[static_cast<size_t>(top.node)];
+      const size_t start = static_cast<size_t>(top.a) - 1;
+      in_literal |= n.kind == GrammarNodeKind::kLiteral && n.added_tokens &&
+                    n.literal.compare(start, content.size(), content) == 0;
+    }
+  }
+  return in_literal && accepts(content);
+}
+
+VocabularyIndex::VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size)
+    : vocab_size_(std::max(mask_vocab_size, tokenizer.vocab_size())) {
+  bytes_.resize(static_cast<size_t>(tokenizer.vocab_size()));
+  std::vector<int32_t> plain;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    if (tokenizer.is_added(id)) {
+      // Added tokens decode to their content (token_bytes would hand back the same text).
+      bytes_[static_cast<size_t>(id)] = std::string(tokenizer.id_to_token(id));
+      if (!bytes_[static_cast<size_t>(id)].empty()) added_.push_back({id, bytes_[static_cast<size_t>(id)]});
+      continue;
+    }
+    bytes_[static_cast<size_t>(id)] = std::string(tokenizer.token_bytes(id));
+    if (bytes_[static_cast<size_t>(id)].empty()) continue;
+    plain.push_back(id);
+    max_bytes_ = std::max(max_bytes_, bytes_[static_cast<size_t>(id)].size());
+  }
+  std::sort(plain.begin(), plain.end(), [&](int32_t x, int32_t y) {
+    return bytes_[static_cast<size_t>(x)] < bytes_[static_cast<size_t>(y)];
+  });
+  token_ids_ = plain;
+  // Breadth first, so each node's children sit side by side; a node covers the sorted ids [lo, hi) that
+  // share its prefix of `depth` bytes (the ids ending exactly here sort first).
+  struct Pending {
+    uint32_t node, lo, hi;
+    size_t depth;
+  };
+  nodes_.push_back({});
+  std::deque<Pending> queue{{0, 0, static_cast<uint32_t>(plain.size()), 0}};
+  while (!queue.empty()) {
+    const Pending p = queue.front();
+    queue.pop_front();
+    uint32_t i = p.lo;
+    nodes_[p.node].first_token = i;
+    while (i < p.hi && bytes_[static_cast<size_t>(plain[i])].size() == p.depth) ++i;
+    nodes_[p.node].n_tokens = i - p.lo;
+    nodes_[p.node].first_child = static_cast<uint32_t>(nodes_.size());
+    while (i < p.hi) {
+      const uint8_t byte = static_cast<uint8_t>(bytes_[static_cast<size_t>(plain[i])][p.depth]);
+      uint32_t j = i;
+      while (j < p.hi && static_cast<uint8_t>(bytes_[static_cast<size_t>(plain[j])][p.depth]) == byte) ++j;
+      nodes_.push_back({.byte = byte});
+      queue.push_back({static_cast<uint32_t>(nodes_.size() - 1), i, j, p.depth + 1});
+      i = j;
+    }
+    nodes_[p.node].n_children = static_cast<uint32_t>(nodes_.size()) - nodes_[p.node].first_child;
+  }
+}
+
+std::string_view VocabularyIndex::bytes_of(int32_t id) const {
+  if (id < 0 || static_cast<size_t>(id) >= bytes_.size()) return {};
+  return bytes_[static_cast<size_t>(id)];
+}
+
+MaskBuilder::MaskBuilder(std::shared_ptr<const VocabularyIndex> index, size_t max_cached_states)
+    : index_(std::move(index)), max_cached_(max_cached_states), levels_(index_->max_token_bytes() + 1) {}
+
+void MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
+  std::lock_guard lock(mutex_);
+  matcher.state().key(key_);
+  if (auto it = cache_.find(key_); it != cache_.end()) {
+    ++hits_;
+    std::copy(it->second.begin(), it->second.end(), mask.begin());
+    return;
+  }
+  ++misses_;
+  std::fill(mask.begin(), mask.end(), 0u);
+  levels_[0] = matcher.state();
+  walk(matcher.grammar(), 0, 0, mask);
+  // A bounded cache: a grammar that keeps making new states (deep nesting) starts over rather than grow.
+  if (cache_.size() >= max_cached_) cache_.clear();
+  cache_.emplace(key_, std::vector<uint32_t>(mask.begin(), mask.end()));
+}
+
+void MaskBuilder::walk(const Grammar& grammar, uint32_t node, size_t depth, std::span<uint32_t> mask) {
+  const VocabularyIndex::Node& n = index_->nodes()[node];
+  for (uint32_t c = n.first_child; c < n.first_child + n.n_children; ++c) {
+    const VocabularyIndex::Node& child = index_->nodes()[c];
+    MatchState& next = levels_[depth + 1];
+    GrammarMatcher::step(grammar, levels_[depth], child.byte, next);
+    if (next.dead()) continue;
+    for (int32_t id : index_->tokens_at(child)) mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
+    if (child.n_children > 0) walk(grammar, c, depth + 1, mask);
+  }
+}
+
+void MaskBuilder::fill_reference(const VocabularyIndex& index, const GrammarMatcher& matcher,
+                                 std::span<uint32_t> mask) {
+  std::fill(mask.begin(), mask.end(), 0u);
+  std::vector<bool> added(static_cast<size_t>(index.vocab_size()), false);
+  for (const auto& a : index.added()) added[static_cast<size_t>(a.id)] = true;
+  for (int32_t id = 0; id < index.vocab_size(); ++id) {
+    const std::string_view bytes = index.bytes_of(id);
+    if (bytes.empty() || added[static_cast<size_t>(id)]) continue;
+    if (matcher.accepts(bytes)) mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
+  }
+}
+
+}  // namespace agentserve::agent

@@ -1,0 +1,144 @@
+// Token mask for grammar-constrained decoding: a byte-level matcher over a Grammar (agent/json_schema_grammar.h)
+// that advances incrementally as tokens are accepted, and a vocabulary index (a trie of every token's bytes)
+// that turns a matcher state into the bitmask of tokens allowed next in one walk: tokens sharing a prefix share
+// the matcher work for it, and a subtree is cut as soon as its prefix is refused. Masks are cached per matcher
+// state, so the states a generation revisits (inside a string, between properties) cost a copy.
+//
+// The matcher is a set of parse stacks (anyOf and optional properties fork them; dead ones are dropped), so it
+// needs no backtracking and never re-parses. It must never accept bytes the grammar does not describe; a
+// tokenizer's added tokens (<tool_call>, <|im_end|>) are left out of the trie and allowed only where a literal
+// marked added_tokens spells them (end-of-sequence tokens are the constraint's business, tool_call_constraint.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "agent/json_schema_grammar.h"
+#include "engine/tokenizer.h"
+
+namespace agentserve::agent {
+
+// One level of a parse stack: which node, and where in it (meaning per node kind, token_mask.cpp).
+struct MatchFrame {
+  int32_t node = -1;  // -1: the root frame under everything
+  int32_t phase = 0;
+  int32_t a = 0;
+  int32_t b = 0;
+  bool operator==(const MatchFrame&) const = default;
+};
+
+// All live parse stacks, flattened: stack i is frames[ends[i-1] .. ends[i]).
+struct MatchState {
+  std::vector<MatchFrame> frames;
+  std::vector<uint32_t> ends;
+
+  bool dead() const { return ends.empty(); }
+  void clear() {
+    frames.clear();
+    ends.clear();
+  }
+  // Bytes that identify the state (equal states, equal keys): the mask cache's key.
+  void key(std::string& out) const;
+};
+
+class GrammarMatcher {
+ public:
+  explicit GrammarMatcher(std::shared_ptr<const Grammar> grammar);
+
+  // Consumes `bytes`; false (and the state unchanged) when the grammar does not allow them here.
+  bool advance(std::string_view bytes);
+  // Whether `bytes` would be accepted, without changing the state.
+  bool accepts(std::string_view bytes) const;
+  // The text so far is a whole document of the grammar.
+  bool can_end() const;
+  // Whether added token text `content` may come next: some stack is inside a literal marked added_tokens
+  // that continues with it.
+  bool added_token_allowed(std::string_view content) const;
+
+  const MatchState& state() const { return state_; }
+  const Grammar& grammar() const { return *grammar_; }
+
+  // `out` = the stacks of `in` after one more byte (deduplicated); empty when `in` refuses the byte.
+  static void step(const Grammar& grammar, const MatchState& in, uint8_t byte, MatchState& out);
+
+ private:
+  std::shared_ptr<const Grammar> grammar_;
+  MatchState state_;
+  mutable MatchState scratch_[2];
+};
+
+// The tokenizer's vocabulary as a trie of byte strings (added tokens apart). Built once per tokenizer and
+// shared read-only by every constraint.
+class VocabularyIndex {
+ public:
+  struct Node {
+    uint32_t first_child = 0;
+    uint32_t n_children = 0;
+    uint32_t first_token = 0;  // tokens whose bytes end here: token_ids_[first_token, first_token + n_tokens)
+    uint32_t n_tokens = 0;
+    uint8_t byte = 0;
+  };
+  struct Added {
+    int32_t id;
+    std::string content;
+  };
+
+  explicit VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size = 0);
+
+  // Mask words: (mask_vocab_size + 31) / 32 (mask_vocab_size defaults to the tokenizer's vocab size).
+  size_t mask_words() const { return static_cast<size_t>((vocab_size_ + 31) / 32); }
+  int vocab_size() const { return vocab_size_; }
+  const std::vector<Node>& nodes() const { return nodes_; }
+  std::span<const int32_t> tokens_at(const Node& n) const {
+    return {token_ids_.data() + n.first_token, n.n_tokens};
+  }
+  const std::vector<Added>& added() const { return added_; }
+  size_t max_token_bytes() const { return max_bytes_; }
+  // The bytes of any id (added tokens: their content); empty for an id without a token.
+  std::string_view bytes_of(int32_t id) const;
+
+ private:
+  int vocab_size_;
+  std::vector<Node> nodes_;  // nodes_[0] is the root
+  std::vector<int32_t> token_ids_;
+  std::vector<Added> added_;
+  std::vector<std::string> bytes_;  // by id
+  size_t max_bytes_ = 0;
+};
+
+// Computes masks for one grammar over one vocabulary, with a cache of masks by matcher state. Thread-safe:
+// one MaskBuilder can serve the concurrent requests that share a grammar.
+class MaskBuilder {
+ public:
+  MaskBuilder(std::shared_ptr<const VocabularyIndex> index, size_t max_cached_states = 512);
+
+  // Sets exactly the bits of the trie's tokens `matcher` accepts next (added tokens and EOS untouched: 0).
+  void fill(const GrammarMatcher& matcher, std::span<uint32_t> mask);
+
+  // The reference: every token decoded and tried on the matcher one by one. For tests.
+  static void fill_reference(const VocabularyIndex& index, const GrammarMatcher& matcher, std::span<uint32_t> mask);
+
+  const VocabularyIndex& index() const { return *index_; }
+  size_t cache_hits() const { return hits_; }
+  size_t cache_misses() const { return misses_; }
+
+ private:
+  void walk(const Grammar& grammar, uint32_t node, size_t depth, std::span<uint32_t> mask);
+
+  std::shared_ptr<const VocabularyIndex> index_;
+  size_t max_cached_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::vector<uint32_t>> cache_;
+  std::vector<MatchState> levels_;  // one state per trie depth, reused between walks
+  std::string key_;
+  size_t hits_ = 0;
+  size_t misses_ = 0;
+};
+
+}  // namespace agentserve::agent
