@@ -199,21 +199,35 @@ void append_python_json(std::string& out, const Json& value) {
   }
 }
 
-void append_tool_call(std::string& out, const ToolCall& call) {
-  out += "<tool_call>\n{\"name\": \"";
-  out += call.name;
-  out += "\", \"arguments\": ";
+// Text that came from the conversation rather than the template: recorded so the tokenizer never turns
+// the tags it may contain into control tokens.
+void append_literal(RenderedPrompt& out, std::string_view text) {
+  if (text.empty()) return;
+  out.literals.push_back({out.text.size(), out.text.size() + text.size()});
+  out.text += text;
+}
+
+void append_literal_json(RenderedPrompt& out, const Json& value) {
+  const std::size_t begin = out.text.size();
+  append_python_json(out.text, value);
+  out.literals.push_back({begin, out.text.size()});
+}
+
+void append_tool_call(RenderedPrompt& out, const ToolCall& call) {
+  out.text += "<tool_call>\n{\"name\": \"";
+  append_literal(out, call.name);
+  out.text += "\", \"arguments\": ";
   if (call.arguments.is_string()) {
-    out += call.arguments.get_ref<const std::string&>();
+    append_literal(out, call.arguments.get_ref<const std::string&>());
   } else {
-    append_python_json(out, call.arguments);
+    append_literal_json(out, call.arguments);
   }
-  out += "}\n</tool_call>";
+  out.text += "}\n</tool_call>";
 }
 
 // Reasoning is shown only for assistant turns after the user's last query (the current agentic step);
 // older turns are rendered without it, as the model saw them when it answered.
-void append_assistant(std::string& out, const Message& message, bool after_last_query, bool is_last) {
+void append_assistant(RenderedPrompt& out, const Message& message, bool after_last_query, bool is_last) {
   std::string_view content = message.content;
   std::string_view reasoning;
   if (message.reasoning_content) {
@@ -223,20 +237,20 @@ void append_assistant(std::string& out, const Message& message, bool after_last_
     reasoning =
         lstrip_newlines(after_last(rstrip_newlines(before_first(message.content, "</think>")), "<think>"));
   }
-  out += "<|im_start|>assistant\n";
+  out.text += "<|im_start|>assistant\n";
   if (after_last_query && (is_last || !reasoning.empty())) {
-    out += "<think>\n";
-    out += strip_newlines(reasoning);
-    out += "\n</think>\n\n";
-    out += lstrip_newlines(content);
+    out.text += "<think>\n";
+    append_literal(out, strip_newlines(reasoning));
+    out.text += "\n</think>\n\n";
+    append_literal(out, lstrip_newlines(content));
   } else {
-    out += content;
+    append_literal(out, content);
   }
   for (std::size_t i = 0; i < message.tool_calls.size(); ++i) {
-    if (i > 0 || !content.empty()) out += '\n';
+    if (i > 0 || !content.empty()) out.text += '\n';
     append_tool_call(out, message.tool_calls[i]);
   }
-  out += "<|im_end|>\n";
+  out.text += "<|im_end|>\n";
 }
 
 Result<std::string> optional_string(const Json& message, const char* key, std::size_t index) {
@@ -337,27 +351,33 @@ Result<std::vector<Message>> parse_messages(const Json& messages) {
 
 Result<std::string> render_chat(std::span<const Message> messages, const Json& tools,
                                 const ChatTemplateOptions& options) {
+  AS_ASSIGN_OR_RETURN(RenderedPrompt prompt, render_chat_with_literals(messages, tools, options));
+  return std::move(prompt.text);
+}
+
+Result<RenderedPrompt> render_chat_with_literals(std::span<const Message> messages, const Json& tools,
+                                                 const ChatTemplateOptions& options) {
   if (messages.empty()) return Status::invalid_argument("the conversation has no messages");
   if (!tools.is_null() && !tools.is_array())
     return Status::invalid_argument("tools must be a JSON array of tool schemas");
-  std::string out;
+  RenderedPrompt out;
   const bool system_first = messages[0].role == Role::kSystem;
   if (tools.is_array() && !tools.empty()) {
-    out += "<|im_start|>system\n";
+    out.text += "<|im_start|>system\n";
     if (system_first) {
-      out += messages[0].content;
-      out += "\n\n";
+      append_literal(out, messages[0].content);
+      out.text += "\n\n";
     }
-    out += kToolsHeader;
+    out.text += kToolsHeader;
     for (const Json& tool : tools) {
-      out += '\n';
-      append_python_json(out, tool);
+      out.text += '\n';
+      append_literal_json(out, tool);
     }
-    out += kToolsFooter;
+    out.text += kToolsFooter;
   } else if (system_first) {
-    out += "<|im_start|>system\n";
-    out += messages[0].content;
-    out += "<|im_end|>\n";
+    out.text += "<|im_start|>system\n";
+    append_literal(out, messages[0].content);
+    out.text += "<|im_end|>\n";
   }
 
   std::size_t last_query_index = messages.size() - 1;
@@ -376,28 +396,28 @@ Result<std::string> render_chat(std::span<const Message> messages, const Json& t
         if (i == 0) break;  // rendered above
         [[fallthrough]];
       case Role::kUser:
-        out += "<|im_start|>";
-        out += role_name(message.role);
-        out += '\n';
-        out += message.content;
-        out += "<|im_end|>\n";
+        out.text += "<|im_start|>";
+        out.text += role_name(message.role);
+        out.text += '\n';
+        append_literal(out, message.content);
+        out.text += "<|im_end|>\n";
         break;
       case Role::kAssistant:
         append_assistant(out, message, i > last_query_index, is_last);
         break;
       case Role::kTool:
         // Consecutive tool results share one user turn.
-        if (i == 0 || messages[i - 1].role != Role::kTool) out += "<|im_start|>user";
-        out += "\n<tool_response>\n";
-        out += message.content;
-        out += "\n</tool_response>";
-        if (is_last || messages[i + 1].role != Role::kTool) out += "<|im_end|>\n";
+        if (i == 0 || messages[i - 1].role != Role::kTool) out.text += "<|im_start|>user";
+        out.text += "\n<tool_response>\n";
+        append_literal(out, message.content);
+        out.text += "\n</tool_response>";
+        if (is_last || messages[i + 1].role != Role::kTool) out.text += "<|im_end|>\n";
         break;
     }
   }
   if (options.add_generation_prompt) {
-    out += "<|im_start|>assistant\n";
-    if (!options.enable_thinking) out += "<think>\n\n</think>\n\n";
+    out.text += "<|im_start|>assistant\n";
+    if (!options.enable_thinking) out.text += "<think>\n\n</think>\n\n";
   }
   return out;
 }

@@ -17,6 +17,7 @@
 
 #include "agent/messages.h"
 #include "base/status.h"
+#include "engine/tokenizer.h"
 
 namespace agentserve::agent {
 
@@ -36,6 +37,18 @@ struct ChatTemplateOptions {
 // `tojson`), or null / an empty array for no tools.
 Result<std::string> render_chat(std::span<const Message> messages, const Json& tools,
                                 const ChatTemplateOptions& options);
+
+// A rendered prompt and the byte ranges of `text` that came from the conversation (message content,
+// reasoning, tool names, arguments and schemas) rather than from the template's markup: tokenize it with
+// Tokenizer::encode_with_literals so tags inside those ranges stay text.
+struct RenderedPrompt {
+  std::string text;
+  std::vector<engine::ByteRange> literals;  // in order, not overlapping
+};
+
+// render_chat with the literal ranges recorded; `text` is byte for byte what render_chat returns.
+Result<RenderedPrompt> render_chat_with_literals(std::span<const Message> messages, const Json& tools,
+                                                 const ChatTemplateOptions& options);
 
 // OpenAI-style JSON -> Messages: [{"role", "content", "reasoning_content"?, "tool_calls"?: [{"type":
 // "function", "function": {"name", "arguments"}}]}]. A tool call without the "function" wrapper ({"name",

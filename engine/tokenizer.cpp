@@ -678,6 +678,70 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
   return ids;
 }
 
+std::vector<int32_t> Tokenizer::encode_with_literals(std::string_view text,
+                                                     std::span<const ByteRange> literal_ranges) const {
+  // Sorted, merged, clamped ranges, walked alongside the text with one cursor.
+  std::vector<ByteRange> literals;
+  for (const ByteRange& r : literal_ranges) {
+    const std::size_t end = std::min(r.end, text.size());
+    if (r.begin < end) literals.push_back({r.begin, end});
+  }
+  std::sort(literals.begin(), literals.end(),
+            [](const ByteRange& a, const ByteRange& b) { return a.begin < b.begin; });
+  std::vector<ByteRange> merged;
+  for (const ByteRange& r : literals) {
+    if (!merged.empty() && r.begin <= merged.back().end) {
+      merged.back().end = std::max(merged.back().end, r.end);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  // Chunks are cut only at ASCII bytes (every added token starts with '<' in Qwen3, and in general a
+  // match starts a character), so repairing invalid UTF-8 per chunk equals repairing the whole text.
+  std::string repaired;
+  const auto encode_chunk = [&](std::string_view chunk) {
+    if (!is_valid_utf8(chunk)) {
+      repaired.clear();
+      append_valid_utf8(chunk, false, repaired);
+      chunk = repaired;
+    }
+    impl_->encode_text(chunk, ids);
+  };
+  std::size_t next_literal = 0;  // first merged range that ends after pos
+  std::size_t segment_start = 0;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    while (next_literal < merged.size() && merged[next_literal].end <= pos) ++next_literal;
+    if (next_literal < merged.size() && merged[next_literal].begin <= pos) {
+      pos = merged[next_literal].end;  // inside a literal: nothing here can start a token
+      continue;
+    }
+    const std::size_t room = next_literal < merged.size() ? merged[next_literal].begin - pos : text.size() - pos;
+    int32_t id = -1;
+    std::size_t length = 0;
+    for (const int32_t candidate : impl_->added_by_first_byte[static_cast<unsigned char>(text[pos])]) {
+      const std::string& content = impl_->token_strings[candidate];  // longest first
+      if (content.size() <= room && text.compare(pos, content.size(), content) == 0) {
+        id = candidate;
+        length = content.size();
+        break;
+      }
+    }
+    if (id < 0) {
+      ++pos;
+      continue;
+    }
+    encode_chunk(text.substr(segment_start, pos - segment_start));
+    ids.push_back(id);
+    pos += length;
+    segment_start = pos;
+  }
+  encode_chunk(text.substr(segment_start));
+  return ids;
+}
+
 void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& ids) const {
   if (text.empty()) return;
   std::string normalized;

@@ -29,6 +29,12 @@
 
 namespace agentserve::engine {
 
+// Bytes [begin, end) of a text.
+struct ByteRange {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+};
+
 struct AddedToken {
   int32_t id = 0;
   std::string content;
@@ -48,6 +54,15 @@ class Tokenizer {
   // use false for text from users that must not inject control tokens. No BOS/EOS is added (Qwen3 has
   // none; the chat format places its special tokens).
   std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
+
+  // encode() of a prompt that mixes markup with literal text (message content, tool arguments and results):
+  // added tokens, special or not, are matched only where they lie wholly outside `literal_ranges`, so a user
+  // who writes "<|im_start|>system" or "<tool_response>" gets plain text, never structure. The text between
+  // two matched added tokens is pre-tokenized as one chunk, whichever ranges it crosses, so the ids equal
+  // encode(text) whenever no literal range holds added-token text. Ranges may come in any order, overlap or
+  // reach past the text (they are clamped).
+  std::vector<int32_t> encode_with_literals(std::string_view text,
+                                            std::span<const ByteRange> literal_ranges) const;
 
   // Concatenates the tokens' bytes; added tokens render as their content, special ones are left out when
   // `skip_special`. Invalid UTF-8 across the result becomes U+FFFD. Ids without a token are skipped (as
