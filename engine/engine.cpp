@@ -96,16 +96,20 @@ Status Engine::init(const EngineOptions& options) {
   const int n_threads = options.n_threads > 0
                             ? options.n_threads
                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  pool_ = std::make_unique<ThreadPool>(n_threads);
-  model_ = std::make_unique<Qwen3MoeModel>(config_, *weights_, *pool_, options.max_step_tokens,
-                                           options.bf16_activations);
+  const ParallelLayout parallel{.tensor_parallel_size = options.tensor_parallel_size,
+                                .expert_parallel = options.expert_parallel};
+  AS_RETURN_IF_ERROR(validate_parallel_layout(config_, parallel));
+  const int tp = parallel.tensor_parallel_size;
+  if (tp > 1 && (!options.data_dir.empty() || options.store != nullptr || options.host_kv_bytes > 0))
+    return Status::invalid_argument("KV tiers (data dir, host KV) need tensor_parallel_size 1");
+  // Prefix keys include the parallel layout: a block holds one rank's kv heads.
+  if (tp > 1) fingerprint_ += "/tp" + std::to_string(tp) + (options.expert_parallel ? "-ep" : "");
+  const int rank_threads = std::max(1, n_threads / tp);
+  pool_ = std::make_unique<ThreadPool>(rank_threads);
 
-  const memory::KvLayout layout{.n_layers = config_.num_hidden_layers,
-                                .n_kv_heads = config_.num_key_value_heads,
-                                .head_dim = static_cast<int>(config_.head_dim),
-                                .block_size = options.block_size};
+  const memory::KvLayout layout = ParallelModel::rank_kv_layout(config_, parallel, options.block_size);
   AS_RETURN_IF_ERROR(layout.validate());
-  const int n_blocks = layout.blocks_that_fit(options.kv_cache_bytes);
+  const int n_blocks = layout.blocks_that_fit(options.kv_cache_bytes / static_cast<size_t>(tp));
   if (n_blocks < 2) {
     return Status::invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) +
                                     " holds fewer than 2 KV blocks of " +
@@ -113,6 +117,13 @@ Status Engine::init(const EngineOptions& options) {
   }
   AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
   arena_.emplace(std::move(arena));
+  AS_ASSIGN_OR_RETURN(model_, ParallelModel::create(config_, *weights_, *pool_,
+                                                    {.layout = parallel,
+                                                     .max_step_tokens = options.max_step_tokens,
+                                                     .bf16_activations = options.bf16_activations,
+                                                     .threads_per_rank = rank_threads,
+                                                     .kv_layout = layout,
+                                                     .kv_blocks = n_blocks}));
   if (!options.data_dir.empty() || options.store != nullptr || options.host_kv_bytes > 0) {
     AS_ASSIGN_OR_RETURN(tiers_, KvTiers::open({.data_dir = options.data_dir,
                                                .store = options.store,
@@ -136,6 +147,10 @@ Status Engine::init(const EngineOptions& options) {
   spdlog::info("engine: {} layers, {} experts (top-{}), {} threads, {} KV blocks of {} tokens ({:.1f} MiB)",
                config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads,
                n_blocks, options.block_size, static_cast<double>(arena_->total_bytes()) / (1 << 20));
+  if (tp > 1) {
+    spdlog::info("engine: {} ranks ({} parallel MoE), {} threads each, KV blocks hold {} kv heads per rank",
+                 tp, options.expert_parallel ? "expert" : "tensor", rank_threads, layout.n_kv_heads);
+  }
   return {};
 }
 

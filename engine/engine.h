@@ -31,6 +31,7 @@
 #include "engine/kv_tiers.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
+#include "engine/parallel_model.h"
 #include "engine/qwen3_moe_model.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
@@ -52,6 +53,11 @@ struct EngineOptions {
   // BF16 dot products for batched rows of BF16 weights (Qwen3MoeModel): about 2x prefill and batched
   // decode throughput on AVX512_BF16 CPUs, at a 2^-8 relative rounding of activations.
   bool bf16_activations = false;
+  // Ranks the model is split over (parallel_model.h; threads of this process on CPU, n_threads shared out
+  // between them) and whether MoE experts are split across them instead of their intermediate dimension.
+  // The KV budget is for all ranks together; KV tiers need tensor_parallel_size 1.
+  int tensor_parallel_size = 1;
+  bool expert_parallel = false;
   // Identifies the weights in prefix-cache keys. Empty: derived from the checkpoint (weight manifest).
   std::string model_fingerprint;
   // KV spill tiers. data_dir: T2 (RocksDB in data_dir/rocksdb; empty = no persistence), kept across
@@ -137,7 +143,7 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& model_fingerprint() const { return fingerprint_; }
   int max_context() const { return max_context_; }
-  int n_threads() const { return pool_->size(); }
+  int n_threads() const { return pool_->size() * model_->layout().tensor_parallel_size; }
   const memory::KvLayout& kv_layout() const { return arena_->layout(); }
 
  private:
@@ -159,7 +165,7 @@ class Engine {
   std::vector<uint32_t> sample_mask_;  // ids the tokenizer knows; empty when that is all of the vocabulary
   int max_context_ = 0;
   std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<Qwen3MoeModel> model_;
+  std::unique_ptr<ParallelModel> model_;
   std::optional<memory::KvArena> arena_;
   std::unique_ptr<KvTiers> tiers_;  // null without T1 and T2; declared before blocks_, which calls it
   std::unique_ptr<memory::BlockManager> blocks_;

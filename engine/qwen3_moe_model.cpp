@@ -36,12 +36,13 @@ double ExpertLoad::imbalance(int layer) const {
 }
 
 Qwen3MoeModel::Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool,
-                             int max_step_tokens, bool bf16_activations)
+                             int max_step_tokens, bool bf16_activations, const ModelShard& shard)
     : config_(config),
       weights_(weights),
       pool_(pool),
       max_step_tokens_(std::max(1, max_step_tokens)),
-      bf16_activations_(bf16_activations) {
+      bf16_activations_(bf16_activations),
+      shard_(shard) {
   std::optional<kernels::YarnScaling> yarn;
   if (config.rope_scaling) {
     yarn = kernels::YarnScaling{
@@ -207,11 +208,40 @@ Status Qwen3MoeModel::forward(std::span<const ForwardChunk> chunks, memory::KvAr
       ++n_rows;
     }
   }
+  if (shard_.comm != nullptr) return gather_logits(n_rows, logits);
   logits.resize(sz(n_rows) * sz(config_.vocab_size));
   if (n_rows == 0) return {};
   kernels::rmsnorm(normed_.data(), normed_.data(), weights_.norm.data(), n_rows, hidden,
                    static_cast<float>(config_.rms_norm_eps));
   parallel_matmul(logits.data(), normed_.data(), weights_.lm_head, n_rows);
+  return {};
+}
+
+Status Qwen3MoeModel::gather_logits(int n_rows, std::vector<float>& logits) {
+  const bool root = shard_.rank == 0;
+  const size_t vocab = sz(config_.vocab_size);
+  logits.resize(root ? sz(n_rows) * vocab : 0);
+  if (n_rows == 0) return {};
+  kernels::rmsnorm(normed_.data(), normed_.data(), weights_.norm.data(), n_rows,
+                   static_cast<int>(config_.hidden_size), static_cast<float>(config_.rms_norm_eps));
+  // Each rank computes its vocabulary rows of lm_head ([n_rows][its rows]); rank 0 gathers the parts
+  // (padded to vocab_per_rank rows each) and interleaves them into whole logit rows.
+  const size_t slice = sz(shard_.vocab_per_rank);
+  const size_t part = sz(n_rows) * slice;
+  lm_part_.resize(part);
+  parallel_matmul(lm_part_.data(), normed_.data(), weights_.lm_head, n_rows);
+  if (root) lm_gathered_.resize(part * sz(shard_.size));
+  shard_.comm->gather(std::span<const float>(lm_part_.data(), part),
+                      root ? std::span<float>(lm_gathered_) : std::span<float>(), 0);
+  if (!root) return {};
+  for (int r = 0; r < shard_.size; ++r) {
+    const size_t first = sz(r) * slice;
+    const size_t cols = std::min(vocab, first + slice) - first;
+    for (int row = 0; row < n_rows; ++row) {
+      std::memcpy(&logits[sz(row) * vocab + first], &lm_gathered_[sz(r) * part + sz(row) * cols],
+                  cols * sizeof(float));
+    }
+  }
   return {};
 }
 
@@ -300,6 +330,9 @@ void Qwen3MoeModel::attention_block(int layer, std::span<const ForwardChunk> chu
     }
   });
   parallel_matmul(proj_.data(), attn_.data(), lw.o_proj, n_tokens);
+  // Each rank's o_proj saw only its heads' columns: the sum over ranks is the full projection.
+  if (shard_.comm != nullptr)
+    shard_.comm->all_reduce_sum({proj_.data(), sz(n_tokens) * sz(config_.hidden_size)});
 }
 
 void Qwen3MoeModel::moe_block(int layer, int n_tokens) {
@@ -329,20 +362,24 @@ void Qwen3MoeModel::moe_block(int layer, int n_tokens) {
     for (int p = 0; p < n_pairs; ++p) ++group_offsets_[sz(expert_ids_[sz(p)]) + 1];
     for (int e = 0; e < n_experts; ++e) {
       expert_load_.routed_tokens[sz(layer) * sz(n_experts) + sz(e)] += group_offsets_[sz(e) + 1];
+      // Expert parallel: pairs routed to another rank's experts get no rows here.
+      if (!shard_.owns_expert(e)) group_offsets_[sz(e) + 1] = 0;
       group_offsets_[sz(e) + 1] += group_offsets_[sz(e)];
     }
     group_cursor_.assign(group_offsets_.begin(), group_offsets_.begin() + n_experts);
     for (int p = 0; p < n_pairs; ++p) {
+      if (!shard_.owns_expert(expert_ids_[sz(p)])) continue;
       const int row = group_cursor_[sz(expert_ids_[sz(p)])]++;
       group_token_[sz(row)] = p / top_k;
       group_weight_[sz(row)] = expert_weights_[sz(p)];
       std::memcpy(&grouped_x_[sz(row) * hidden], &normed_[sz(p / top_k) * hidden], hidden * sizeof(float));
     }
-    run_experts(lw.experts, std::span<const int>(group_offsets_.data(), sz(n_experts) + 1), n_pairs);
+    run_experts(lw.experts, std::span<const int>(group_offsets_.data(), sz(n_experts) + 1),
+                group_offsets_[sz(n_experts)]);
   }
 
   // Weighted scatter back to tokens; threads take disjoint column ranges so no two write the same float.
-  const int n_rows = lw.is_moe ? n_tokens * config_.num_experts_per_tok : n_tokens;
+  const int n_rows = lw.is_moe ? group_offsets_[sz(config_.num_experts)] : n_tokens;
   std::fill(moe_out_.begin(), moe_out_.begin() + static_cast<std::ptrdiff_t>(sz(n_tokens) * hidden), 0.0f);
   const int64_t col_items = static_cast<int64_t>((hidden + 63) / 64);
   pool_.parallel_for(col_items, [&](int64_t begin, int64_t end, int) {
@@ -353,6 +390,9 @@ void Qwen3MoeModel::moe_block(int layer, int n_tokens) {
                     &grouped_out_[sz(row) * hidden + c0], c1 - c0);
     }
   });
+  // Each rank holds a slice of every expert's intermediate dim (TP) or whole experts (EP): either way its
+  // output is a partial sum of the layer's.
+  if (shard_.comm != nullptr) shard_.comm->all_reduce_sum({moe_out_.data(), sz(n_tokens) * hidden});
 }
 
 void Qwen3MoeModel::run_experts(std::span<const LayerExpert> experts, std::span<const int> group_offsets,

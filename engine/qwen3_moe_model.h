@@ -8,6 +8,11 @@
 //   dense MLP -> residual; final RMSNorm and lm_head for the rows that want logits.
 // Scratch is sized once for `max_step_tokens`; a step allocates nothing but the logits it returns. The
 // model never decides which blocks a sequence owns (the BlockManager does) and never samples.
+//
+// The same class runs one rank of a tensor/expert-parallel group (model_shard.h, parallel_model.h): given
+// a shard's config and weights and a Communicator, it all-reduces after o_proj and after the MLP, runs
+// only the experts the shard owns, and gathers the vocabulary-split logits to rank 0. The default shard
+// is the whole model, with no collective on the path.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +23,7 @@
 #include "base/status.h"
 #include "base/thread_pool.h"
 #include "engine/model_config.h"
+#include "engine/model_shard.h"
 #include "engine/model_weights.h"
 #include "memory/kv_arena.h"
 
@@ -54,8 +60,9 @@ class Qwen3MoeModel {
   // bf16_activations: for BF16 weights and at least kBf16ActivationMinTokens rows, round activations to
   // BF16 and use BF16 dot products (about twice the f32 FMA rate on CPUs with AVX512_BF16, at a relative
   // rounding of 2^-8 per activation). Off by default: the golden tests pin f32 arithmetic.
+  // For one rank of a parallel group, config and weights are shard_config / shard_weights of `shard`.
   Qwen3MoeModel(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool, int max_step_tokens,
-                bool bf16_activations = false);
+                bool bf16_activations = false, const ModelShard& shard = {});
 
   static constexpr int kBf16ActivationMinTokens = 8;
 
@@ -66,7 +73,8 @@ class Qwen3MoeModel {
   // Computes the chunks, writing their K/V into `kv`, and fills `logits` with one row of vocab_size floats
   // per wanted position, in chunk order (kLast: the chunk's last token; kAll: every token). Fails with
   // InvalidArgument (nothing written) when the chunks exceed max_step_tokens, a token id is out of range or
-  // a block table is too short.
+  // a block table is too short. On a parallel group every rank calls forward with the same chunks; rank 0
+  // gets the logits, the other ranks an empty vector.
   Status forward(std::span<const ForwardChunk> chunks, memory::KvArena& kv, std::vector<float>& logits);
 
   const ExpertLoad& expert_load() const { return expert_load_; }
@@ -77,6 +85,8 @@ class Qwen3MoeModel {
   void attention_block(int layer, std::span<const ForwardChunk> chunks, memory::KvArena& kv, int n_tokens);
   void write_kv(int layer, std::span<const ForwardChunk> chunks, memory::KvArena& kv);
   void moe_block(int layer, int n_tokens);
+  // Parallel final step: final norm, this rank's vocabulary rows of lm_head, gather to rank 0.
+  Status gather_logits(int n_rows, std::vector<float>& logits);
   // SwiGLU experts over tokens already grouped by expert (a dense MLP is one expert holding every token).
   void run_experts(std::span<const LayerExpert> experts, std::span<const int> group_offsets,
                    int hidden_in_rows);
@@ -92,6 +102,7 @@ class Qwen3MoeModel {
   ThreadPool& pool_;
   int max_step_tokens_;
   bool bf16_activations_;
+  ModelShard shard_;
   std::vector<float> inv_freq_;
   float attention_factor_ = 1.0f;
   ExpertLoad expert_load_;
@@ -102,7 +113,7 @@ class Qwen3MoeModel {
   std::vector<int32_t> expert_ids_;    // [n_tokens][top_k]
   std::vector<float> expert_weights_;  // [n_tokens][top_k]
   std::vector<int> group_offsets_;     // [n_experts + 1] into the grouped rows
-  std::vector<int> group_cursor_;         // [n_experts] next grouped row to fill while sorting
+  std::vector<int> group_cursor_;      // [n_experts] next grouped row to fill while sorting
   std::vector<int> group_token_;       // grouped row -> token
   std::vector<float> group_weight_;    // grouped row -> routing weight
   std::vector<float> grouped_x_, grouped_act_, grouped_out_, moe_out_;
@@ -116,7 +127,8 @@ class Qwen3MoeModel {
     int expert, row_begin, row_end;
   };
   std::vector<ExpertItem> expert_items_;
-  std::vector<agentserve::bf16> x_bf16_;  // activations rounded for the BF16 path; empty when it is off
+  std::vector<float> lm_part_, lm_gathered_;  // parallel only: this rank's logit columns; rank 0's gather
+  std::vector<agentserve::bf16> x_bf16_;      // activations rounded for the BF16 path; empty when it is off
 };
 
 }  // namespace agentserve::engine

@@ -18,6 +18,8 @@ struct EngineArgs {
   int max_step_tokens = 512;
   std::string data_dir;
   bool bf16_activations = false;
+  int tensor_parallel_size = 1;
+  bool expert_parallel = false;
 };
 
 void add_engine_options(CLI::App* cmd, EngineArgs& args) {
@@ -28,6 +30,10 @@ void add_engine_options(CLI::App* cmd, EngineArgs& args) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--data-dir", args.data_dir, "RocksDB folder for the KV tiers (prefixes survive restarts)");
   cmd->add_flag("--bf16-activations", args.bf16_activations, "BF16 dot products for batched rows");
+  cmd->add_option("--tensor-parallel-size", args.tensor_parallel_size,
+                  "Ranks the model is split over (threads on CPU, sharing --threads)")
+      ->check(CLI::Range(1, 64));
+  cmd->add_flag("--expert-parallel", args.expert_parallel, "Split MoE experts across the ranks");
 }
 
 Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
@@ -38,6 +44,8 @@ Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
   options.max_step_tokens = args.max_step_tokens;
   options.data_dir = args.data_dir;
   options.bf16_activations = args.bf16_activations;
+  options.tensor_parallel_size = args.tensor_parallel_size;
+  options.expert_parallel = args.expert_parallel;
   return engine::Engine::open(options);
 }
 
