@@ -15,6 +15,7 @@ packages=(
   libssl-dev                                # SHA-256 (weight manifests), HMAC (webhooks)
   libcli11-dev libspdlog-dev libfmt-dev     # command line, logging
   python3 python3-numpy python3-jinja2      # independent reference implementations in tests
+  python3-websockets                        # the example Python client and its test
 )
 
 missing=()

@@ -1,5 +1,5 @@
-// `agentserve serve`: load the model, then serve WebSocket and HTTP on one loopback port until
-// SIGINT/SIGTERM.
+// `agentserve serve`: read the config file (flags win over it), open the data dir's one RocksDB (KV tier and
+// session store), load the model, then serve WebSocket and HTTP on one port until SIGINT/SIGTERM.
 #include <cstdio>
 #include <filesystem>
 
@@ -7,11 +7,16 @@
 #include <spdlog/spdlog.h>
 
 #include "engine/engine.h"
+#include "memory/rocksdb_store.h"
+#include "memory/session_store.h"
+#include "server/auth.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
+#include "server/server_config.h"
 #include "server/server_options.h"
+#include "server/session_registry.h"
 
 namespace agentserve::cli {
 namespace {
@@ -25,8 +30,29 @@ struct ServeArgs {
   int disk_kv_gb = 64;
   bool bf16_activations = false;
   int port = 8080;
+  std::string config_path;
   server::ServerOptions options;
+  // The transport flags, to know which were given (they win over the config file).
+  CLI::Option* host_flag = nullptr;
+  CLI::Option* port_flag = nullptr;
+  CLI::Option* io_threads_flag = nullptr;
 };
+
+// The config file (if any) under the flags that were given.
+Result<server::ServerConfig> server_config(const ServeArgs& args) {
+  server::ServerConfig config;
+  if (!args.config_path.empty()) {
+    AS_ASSIGN_OR_RETURN(config, server::load_server_config(args.config_path));
+  } else {
+    config.options.port = static_cast<uint16_t>(args.port);
+  }
+  if (args.host_flag->count() > 0) config.options.host = args.options.host;
+  if (args.port_flag->count() > 0) config.options.port = static_cast<uint16_t>(args.port);
+  if (args.io_threads_flag->count() > 0) config.options.io_threads = args.options.io_threads;
+  // With API keys every caller is authenticated, so another address is allowed; without, loopback only.
+  config.options.allow_remote = !config.api_keys.empty();
+  return config;
+}
 
 // The model's name in /v1/models: the folder's name ("models/tiny/" -> "tiny").
 std::string model_name(const std::string& model_dir) {
@@ -38,28 +64,53 @@ std::string model_name(const std::string& model_dir) {
 int serve(const ServeArgs& args) {
   // Logs go to stderr: stdout carries only the "listening on HOST:PORT" line that scripts and tests read.
   spdlog::set_default_logger(spdlog::stderr_color_mt("serve"));
-  server::ServerOptions options = args.options;
-  options.port = static_cast<uint16_t>(args.port);
+  auto config = server_config(args);
+  if (!config.ok()) return report_error(config.status());
+  const server::ServerOptions& options = config->options;
   // Refuse a bad address before spending the time to load the model.
   if (Status valid = server::HttpServer::check_options(options); !valid.ok()) return report_error(valid);
+
+  // One database for the KV tier and the sessions; declared first so it is closed last.
+  std::unique_ptr<memory::RocksDbStore> store;
+  std::unique_ptr<memory::SessionStore> session_store;
+  if (!args.data_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(args.data_dir, ec);
+    if (ec) return report_error(Status::io_error("cannot create " + args.data_dir + ": " + ec.message()));
+    memory::StoreOptions store_options;
+    store_options.path = (std::filesystem::path(args.data_dir) / "rocksdb").string();
+    store_options.kv_quota_bytes = static_cast<uint64_t>(args.disk_kv_gb) << 30;
+    auto opened = memory::RocksDbStore::open(store_options);
+    if (!opened.ok()) return report_error(opened.status());
+    store = std::move(*opened);
+    session_store = std::make_unique<memory::SessionStore>(*store);
+  }
 
   engine::EngineOptions engine_options;
   engine_options.model_dir = args.model_dir;
   engine_options.n_threads = args.threads;
   engine_options.kv_cache_bytes = static_cast<size_t>(args.kv_cache_mb) << 20;
-  engine_options.data_dir = args.data_dir;
+  engine_options.store = store.get();
   engine_options.host_kv_bytes = static_cast<size_t>(args.host_kv_mb) << 20;
   engine_options.disk_kv_quota_bytes = static_cast<size_t>(args.disk_kv_gb) << 30;
   engine_options.bf16_activations = args.bf16_activations;
 
   server::Metrics metrics;
-  // Declared before the engine so it is destroyed after it: the engine's last callbacks post to the server.
+  server::Auth auth(config->api_keys, config->tenants, config->default_limits);
+  // Declared before the engine so they are destroyed after it: the engine's last callbacks post to the
+  // server and touch sessions.
+  std::unique_ptr<server::SessionRegistry> sessions;
   std::unique_ptr<server::HttpServer> http;
   auto engine = engine::Engine::open(engine_options);
   if (!engine.ok()) return report_error(engine.status());
+  sessions = std::make_unique<server::SessionRegistry>(
+      server::RegistryOptions::from(options, static_cast<int>((*engine)->config().vocab_size)),
+      session_store.get(), auth);
   auto started = server::HttpServer::start(options, **engine, metrics, model_name(args.model_dir));
   if (!started.ok()) return report_error(started.status());
   http = std::move(*started);
+  http->context().auth = &auth;
+  http->context().sessions = sessions.get();
   std::printf("listening on %s:%u\n", options.host.c_str(), static_cast<unsigned>(http->port()));
   std::fflush(stdout);
   http->run();
@@ -73,11 +124,14 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ServeArgs>();
   auto* cmd = app.add_subcommand("serve", "Serve WebSocket (/v1/ws) and HTTP on one loopback port");
   cmd->add_option("--model", args->model_dir, "Hugging Face checkpoint folder")->required();
-  cmd->add_option("--host", args->options.host, "Address to listen on (loopback only until API keys exist)");
-  cmd->add_option("--port", args->port, "Port (0 = any free port; the bound one is printed)")
-      ->check(CLI::Range(0, 65535));
-  cmd->add_option("--io-threads", args->options.io_threads, "Threads for sockets and timers")
-      ->check(CLI::Range(1, 256));
+  cmd->add_option("--config", args->config_path,
+                  "JSON config file (docs/configuration.md): options, API keys, tenants; flags win over it");
+  args->host_flag = cmd->add_option("--host", args->options.host,
+                                    "Address to listen on (loopback only unless API keys are configured)");
+  args->port_flag = cmd->add_option("--port", args->port, "Port (0 = any free port; the bound one is printed)")
+                        ->check(CLI::Range(0, 65535));
+  args->io_threads_flag = cmd->add_option("--io-threads", args->options.io_threads, "Threads for sockets and timers")
+                              ->check(CLI::Range(1, 256));
   cmd->add_option("--threads", args->threads, "Compute threads (0 = all hardware threads)");
   cmd->add_option("--kv-cache-mb", args->kv_cache_mb, "KV cache size in MiB")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--data-dir", args->data_dir,

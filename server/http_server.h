@@ -1,11 +1,12 @@
-// HttpServer: the one listening port of `agentserve serve`. It accepts TCP connections on N io threads,
-// reads one HTTP request per connection, answers the plain routes (/healthz, /readyz, /metrics, /v1/models,
-// a JSON 404 otherwise) and hands WebSocket upgrades on /v1/ws to a WsSession. run() blocks until SIGINT,
-// SIGTERM or shutdown(): then it stops accepting, cancels running responses, lets their response.done go out,
-// closes the sockets (within ServerOptions::shutdown_grace) and returns.
+// HttpServer: the one listening port of `agentserve serve`. It accepts TCP connections on N io threads
+// (named as-io-N) and gives each to an HttpConnection (keep-alive HTTP routes, OpenAI chat completions,
+// session REST; WebSocket upgrades on /v1/ws go on to a WsSession). run() blocks until SIGINT, SIGTERM or
+// shutdown(): then it stops accepting, cancels running responses, lets their response.done go out, closes
+// the sockets (within ServerOptions::shutdown_grace) and returns.
 //
-// It must never listen on a non-loopback address (API keys come in a later step), and never let a client
-// end the process. Boost.Beast stays out of this header so only the transport's .cpp files compile it.
+// It must never listen on a non-loopback address unless ServerOptions::allow_remote (API keys configured),
+// and never let a client end the process. Boost.Beast stays out of this header so only the transport's
+// .cpp files compile it.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include "base/status.h"
 #include "engine/engine.h"
 #include "server/metrics.h"
+#include "server/server_context.h"
 #include "server/server_options.h"
 
 namespace agentserve::server {
@@ -34,6 +36,8 @@ class HttpServer {
   static Status check_options(const ServerOptions& options);
 
   uint16_t port() const;
+  // The state connections share; `serve` sets auth and sessions here before run().
+  ServerContext& context();
   // Serves on options.io_threads threads until a signal or shutdown(); returns after the graceful stop.
   void run();
   // Thread-safe; returns at once (run() does the waiting).

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+
 #include <prometheus/text_serializer.h>
 
 namespace agentserve::server {
@@ -12,6 +14,24 @@ prometheus::Counter& counter(prometheus::Registry& registry, const char* name, c
 prometheus::Gauge& gauge(prometheus::Registry& registry, const char* name, const char* help) {
   return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
 }
+
+prometheus::Histogram& histogram(prometheus::Registry& registry, const char* name, const char* help,
+                                 prometheus::Histogram::BucketBoundaries buckets) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add({}, std::move(buckets));
+}
+
+// vLLM's buckets for the latency histograms, so existing dashboards read ours unchanged.
+const prometheus::Histogram::BucketBoundaries kTtftBuckets{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
+                                                           0.1,   0.25,  0.5,  0.75, 1.0,  2.5,  5.0,
+                                                           7.5,   10.0,  20.0, 40.0, 80.0};
+const prometheus::Histogram::BucketBoundaries kItlBuckets{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                                                          0.4,  0.5,   0.75, 1.0,   2.5, 5.0,  7.5, 10.0};
+const prometheus::Histogram::BucketBoundaries kE2eBuckets{0.3,  0.5,   0.8,   1.0,   1.5,  2.0,  2.5,
+                                                          5.0,  10.0,  15.0,  20.0,  30.0, 40.0, 50.0,
+                                                          60.0, 120.0, 240.0, 480.0, 960.0};
+// Token -> written bytes is transport overhead: microseconds to milliseconds.
+const prometheus::Histogram::BucketBoundaries kWriteBuckets{
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 1e-1, 2.5e-1, 1.0};
 
 // The tier counters in a fixed order: (event, tier) labels and the engine value each one mirrors.
 struct TierField {
@@ -40,25 +60,52 @@ Metrics::Metrics()
                     .Name("agentserve_requests_total")
                     .Help("Responses that ended, by status")
                     .Register(*registry_)),
+      errors_(prometheus::BuildCounter()
+                  .Name("agentserve_errors_total")
+                  .Help("Errors sent to clients, by code")
+                  .Register(*registry_)),
+      http_requests_(prometheus::BuildCounter()
+                         .Name("agentserve_http_requests_total")
+                         .Help("Plain HTTP requests answered, by route pattern and status")
+                         .Register(*registry_)),
       prompt_tokens_(
           counter(*registry_, "agentserve_prompt_tokens_total", "Prompt tokens of submitted requests")),
       generation_tokens_(
           counter(*registry_, "agentserve_generation_tokens_total", "Generated (sampled) tokens")),
       prefix_hit_blocks_(counter(*registry_, "agentserve_prefix_cache_hit_blocks_total",
                                  "KV blocks found in the prefix cache instead of computed")),
-      time_to_first_token_(
-          prometheus::BuildHistogram()
-              .Name("agentserve_time_to_first_token_seconds")
-              .Help("Time from submit to the first generated token")
-              .Register(*registry_)
-              .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
-                                                               0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                                                               20.0, 40.0, 80.0})),
+      prefix_queries_(counter(*registry_, "agentserve_prefix_cache_queries_total",
+                              "Prompt tokens looked up in the prefix cache")),
+      prefix_hits_(counter(*registry_, "agentserve_prefix_cache_hits_total",
+                           "Prompt tokens whose KV was found instead of computed")),
+      cached_tokens_family_(prometheus::BuildCounter()
+                                .Name("agentserve_cached_tokens_total")
+                                .Help("Prompt tokens served from cached KV, by source (device = T0 pool, "
+                                      "host = T1, disk = T2)")
+                                .Register(*registry_)),
+      cached_tokens_device_(cached_tokens_family_.Add({{"source", "device"}})),
+      cached_tokens_host_(cached_tokens_family_.Add({{"source", "host"}})),
+      cached_tokens_disk_(cached_tokens_family_.Add({{"source", "disk"}})),
+      time_to_first_token_(histogram(*registry_, "agentserve_time_to_first_token_seconds",
+                                     "Time from submit to the first generated token", kTtftBuckets)),
+      inter_token_latency_(histogram(*registry_, "agentserve_inter_token_latency_seconds",
+                                     "Time between generated tokens (a response's mean gap, per token)",
+                                     kItlBuckets)),
+      e2e_latency_(histogram(*registry_, "agentserve_e2e_request_latency_seconds",
+                             "Time from submit to the end of a response", kE2eBuckets)),
+      token_write_latency_(histogram(*registry_, "agentserve_token_write_latency_seconds",
+                                     "Time from the engine handing out a token to its frame being written",
+                                     kWriteBuckets)),
       running_(gauge(*registry_, "agentserve_num_requests_running", "Requests in the decode batch")),
       waiting_(gauge(*registry_, "agentserve_num_requests_waiting", "Requests queued for the engine")),
       kv_blocks_free_(
           gauge(*registry_, "agentserve_kv_blocks_free", "Free KV blocks (cached ones included)")),
       kv_blocks_total_(gauge(*registry_, "agentserve_kv_blocks_total", "KV blocks in the pool")),
+      kv_usage_(gauge(*registry_, "agentserve_kv_cache_usage_perc",
+                      "Fraction of the T0 KV pool held by running requests (1 = full)")),
+      sessions_active_(gauge(*registry_, "agentserve_sessions_active", "Sessions held in memory")),
+      sessions_persisted_(
+          gauge(*registry_, "agentserve_sessions_persisted", "Sessions stored in the session store")),
       kv_tier_family_(
           prometheus::BuildCounter()
               .Name("agentserve_kv_tier_events_total")
@@ -73,9 +120,34 @@ Metrics::Metrics()
 }
 
 void Metrics::record_response(std::string_view status, const engine::Usage& usage) {
-  std::lock_guard lock(mutex_);
   requests_.Add({{"status", std::string(status)}}).Increment();
+  e2e_latency_.Observe(usage.total_time_s);
   if (usage.completion_tokens > 0) time_to_first_token_.Observe(usage.time_to_first_token_s);
+  if (usage.completion_tokens > 1) {
+    const double gap = std::max(0.0, usage.total_time_s - usage.time_to_first_token_s) /
+                       static_cast<double>(usage.completion_tokens - 1);
+    for (int i = 1; i < usage.completion_tokens; ++i) inter_token_latency_.Observe(gap);
+  }
+}
+
+void Metrics::record_error(std::string_view code) {
+  errors_.Add({{"code", std::string(code)}}).Increment();
+}
+
+void Metrics::record_http_request(std::string_view route, int status) {
+  http_requests_.Add({{"route", std::string(route)}, {"status", std::to_string(status)}}).Increment();
+}
+
+void Metrics::observe_token_write_latency(double seconds) {
+  token_write_latency_.Observe(seconds);
+}
+
+void Metrics::set_sessions_active(int64_t n) {
+  sessions_active_.Set(static_cast<double>(n));
+}
+
+void Metrics::set_sessions_persisted(int64_t n) {
+  sessions_persisted_.Set(static_cast<double>(n));
 }
 
 void Metrics::advance(prometheus::Counter& counter, int64_t total, int64_t& seen) {
@@ -83,8 +155,13 @@ void Metrics::advance(prometheus::Counter& counter, int64_t total, int64_t& seen
   seen = std::max(seen, total);
 }
 
-std::string Metrics::scrape(const engine::EngineCounters& c) {
+std::string Metrics::scrape(const engine::EngineCounters& c, int block_size) {
   std::lock_guard lock(mutex_);
+  advance(prefix_queries_, c.prompt_tokens, seen_prefix_queries_);
+  advance(prefix_hits_, c.cached_prompt_tokens, seen_prefix_hits_);
+  advance(cached_tokens_device_, c.prefix_hit_blocks * block_size, seen_cached_device_);
+  advance(cached_tokens_host_, c.kv_tiers.host_hits * block_size, seen_cached_host_);
+  advance(cached_tokens_disk_, c.kv_tiers.disk_hits * block_size, seen_cached_disk_);
   advance(prompt_tokens_, c.prompt_tokens, seen_prompt_tokens_);
   advance(generation_tokens_, c.decode_tokens, seen_generation_tokens_);
   advance(prefix_hit_blocks_, c.prefix_hit_blocks, seen_prefix_hit_blocks_);
@@ -96,6 +173,9 @@ std::string Metrics::scrape(const engine::EngineCounters& c) {
   waiting_.Set(static_cast<double>(c.waiting));
   kv_blocks_free_.Set(static_cast<double>(c.kv_blocks_free));
   kv_blocks_total_.Set(static_cast<double>(c.kv_blocks_total));
+  kv_usage_.Set(c.kv_blocks_total > 0
+                    ? 1.0 - static_cast<double>(c.kv_blocks_free) / static_cast<double>(c.kv_blocks_total)
+                    : 0.0);
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 

@@ -1,9 +1,12 @@
 // Metrics: the server's prometheus-cpp registry and its metric families (vLLM-like names under the
-// `agentserve_` prefix). Engine-side numbers are read from Engine::counters() at scrape time; the server
-// records per-response facts (status, time to first token) as responses end. It must never block the
-// engine thread or hold a lock across a scrape of the engine.
+// `agentserve_` prefix). Engine-side numbers are read from Engine::counters() at scrape time; the transport
+// records per-response facts (status, latencies), per-request HTTP outcomes, error codes, session counts
+// and the time from a token leaving the engine to its bytes being written. Every record_* / observe_* /
+// set_* method is thread-safe and cheap enough for an io thread. It must never block the engine thread or
+// hold a lock across a scrape of the engine.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,9 +28,23 @@ class Metrics {
   Metrics();
 
   // One response ended with `status` (completed | incomplete | cancelled | failed); `usage` from the engine.
+  // Feeds requests_total, time_to_first_token, e2e_request_latency and inter_token_latency (the response's
+  // mean gap between tokens, once per token after the first).
   void record_response(std::string_view status, const engine::Usage& usage);
-  // Brings the engine-fed series up to `counters`, then renders the registry in Prometheus text format.
-  std::string scrape(const engine::EngineCounters& counters);
+  // An error a client was sent, by its stable code ("session_not_found", "invalid_json", ...).
+  void record_error(std::string_view code);
+  // One plain HTTP request answered: `route` is the route's pattern ("/v1/sessions/{id}"), never the raw
+  // path, so client-chosen paths cannot grow the series without bound.
+  void record_http_request(std::string_view route, int status);
+  // Seconds from the engine callback that carried a token to the completed write of its frame or chunk.
+  void observe_token_write_latency(double seconds);
+  // Sessions held in memory (active) and stored in the session store (persisted).
+  void set_sessions_active(int64_t n);
+  void set_sessions_persisted(int64_t n);
+
+  // Brings the engine-fed series up to `counters` (`block_size`: tokens per KV block, to report cached
+  // tokens by source), then renders the registry in Prometheus text format.
+  std::string scrape(const engine::EngineCounters& counters, int block_size);
 
  private:
   // Counters only go up: the engine's cumulative values are added as the difference since the last scrape.
@@ -35,14 +52,28 @@ class Metrics {
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& errors_;
+  prometheus::Family<prometheus::Counter>& http_requests_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
   prometheus::Counter& prefix_hit_blocks_;
+  prometheus::Counter& prefix_queries_;
+  prometheus::Counter& prefix_hits_;
+  prometheus::Family<prometheus::Counter>& cached_tokens_family_;
+  prometheus::Counter& cached_tokens_device_;
+  prometheus::Counter& cached_tokens_host_;
+  prometheus::Counter& cached_tokens_disk_;
   prometheus::Histogram& time_to_first_token_;
+  prometheus::Histogram& inter_token_latency_;
+  prometheus::Histogram& e2e_latency_;
+  prometheus::Histogram& token_write_latency_;
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_blocks_free_;
   prometheus::Gauge& kv_blocks_total_;
+  prometheus::Gauge& kv_usage_;
+  prometheus::Gauge& sessions_active_;
+  prometheus::Gauge& sessions_persisted_;
   // KV tiers: one series per engine counter, so a scrape is a plain copy of cumulative values.
   struct TierSeries {
     prometheus::Counter* counter;
@@ -57,6 +88,11 @@ class Metrics {
   int64_t seen_generation_tokens_ = 0;
   int64_t seen_prefix_hit_blocks_ = 0;
   int64_t seen_restored_tokens_ = 0;
+  int64_t seen_prefix_queries_ = 0;
+  int64_t seen_prefix_hits_ = 0;
+  int64_t seen_cached_device_ = 0;
+  int64_t seen_cached_host_ = 0;
+  int64_t seen_cached_disk_ = 0;
 };
 
 }  // namespace agentserve::server

@@ -1,5 +1,6 @@
 #include "server/protocol.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <limits>
@@ -92,14 +93,60 @@ std::optional<ProtocolError> parse_session_create(const json& event, const Serve
   config.sampling.max_tokens = options.default_max_tokens;
   const auto it = event.find("session");
   if (it == event.end() || it->is_null()) return std::nullopt;
-  if (!it->is_object()) return wrong_type("session", "an object");
-  if (auto e = read_string(*it, "agent_id", "session.agent_id", 256, config.agent_id)) return e;
-  if (auto e = read_string(*it, "instructions", "session.instructions", options.max_content_bytes,
-                           config.instructions))
+  return apply_session_fields(*it, "session", options, vocab_size, config);
+}
+
+std::optional<ProtocolError> parse_session_update(const json& event, const ServerOptions& options,
+                                                  int vocab_size, ClientEvent& out) {
+  const auto it = event.find("session");
+  if (it == event.end() || it->is_null()) return bad("missing_field", "'session' is required", "session");
+  // Checked here against defaults so a bad value is reported now; applied later over the session's.
+  SessionConfig probe;
+  if (auto e = apply_session_fields(*it, "session", options, vocab_size, probe)) return e;
+  out.session_update = *it;
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> parse_session_resume(const json& event, ClientEvent& out) {
+  const auto id = event.find("session_id");
+  if (id == event.end() || id->is_null() || out.session_id.empty())
+    return bad("missing_field", "'session_id' is required", "session_id");
+  int64_t last_seq = 0;
+  if (auto e = read_int(event, "last_seq", "", 0, std::numeric_limits<int64_t>::max(), last_seq)) {
+    e->param = "last_seq";
+    e->message = "'last_seq' must be a non-negative integer";
     return e;
-  const auto sampling = it->find("sampling");
-  if (sampling == it->end() || sampling->is_null()) return std::nullopt;
-  return apply_sampling(*sampling, "session.sampling", options, vocab_size, config.sampling);
+  }
+  out.last_seq = static_cast<uint64_t>(last_seq);
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> check_tools(const json& tools, const std::string& param) {
+  if (!tools.is_array()) return wrong_type(param, "an array");
+  if (tools.size() > kMaxTools)
+    return bad("invalid_value", "'" + param + "' has more than " + std::to_string(kMaxTools) + " tools",
+               param);
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const std::string p = param + "[" + std::to_string(i) + "]";
+    const json& tool = tools[i];
+    if (!tool.is_object()) return wrong_type(p, "an object");
+    // The flat Responses form names the function at the top, the Chat Completions form under "function".
+    const json& fn = tool.contains("function") ? tool["function"] : tool;
+    if (!fn.is_object() || !fn.contains("name") || !fn["name"].is_string() ||
+        fn["name"].get_ref<const std::string&>().empty())
+      return bad("missing_field", "'" + p + ".name' is required", p + ".name");
+  }
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> check_tool_choice(const json& choice, const std::string& param) {
+  if (choice.is_string()) {
+    const auto& c = choice.get_ref<const std::string&>();
+    if (c == "auto" || c == "none" || c == "required") return std::nullopt;
+    return bad("invalid_value", "'" + param + "' must be auto, none, required or {\"name\": ...}", param);
+  }
+  if (!choice.is_object()) return wrong_type(param, "a string or an object");
+  return std::nullopt;
 }
 
 std::optional<ProtocolError> parse_item(const json& event, const ServerOptions& options,
@@ -142,6 +189,14 @@ std::optional<ProtocolError> parse_by_type(const std::string& type, const json& 
     out.type = ClientEventType::kSessionCreate;
     return parse_session_create(event, options, vocab_size, out.session);
   }
+  if (type == "session.resume") {
+    out.type = ClientEventType::kSessionResume;
+    return parse_session_resume(event, out);
+  }
+  if (type == "session.update") {
+    out.type = ClientEventType::kSessionUpdate;
+    return parse_session_update(event, options, vocab_size, out);
+  }
   if (type == "session.delete") {
     out.type = ClientEventType::kSessionDelete;
     return std::nullopt;
@@ -166,6 +221,56 @@ std::optional<ProtocolError> parse_by_type(const std::string& type, const json& 
 }
 
 }  // namespace
+
+std::optional<ProtocolError> apply_session_fields(const json& session, const std::string& param_prefix,
+                                                  const ServerOptions& options, int vocab_size,
+                                                  SessionConfig& config) {
+  const std::string& p = param_prefix;
+  if (!session.is_object()) return wrong_type(p, "an object");
+  static constexpr std::array<std::string_view, 7> kKnown = {
+      "id", "agent_id", "instructions", "sampling", "tools", "tool_choice", "max_steps"};
+  for (const auto& [key, value] : session.items())
+    if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end())
+      return bad("unknown_field", "unknown field '" + p + "." + key + "'", p + "." + key);
+  if (auto e = read_string(session, "agent_id", p + ".agent_id", 256, config.agent_id)) return e;
+  if (auto e = read_string(session, "instructions", p + ".instructions", options.max_content_bytes,
+                           config.instructions))
+    return e;
+  if (const auto tools = session.find("tools"); tools != session.end() && !tools->is_null()) {
+    if (auto e = check_tools(*tools, p + ".tools")) return e;
+    config.tools = *tools;
+  }
+  if (const auto choice = session.find("tool_choice"); choice != session.end() && !choice->is_null()) {
+    if (auto e = check_tool_choice(*choice, p + ".tool_choice")) return e;
+    config.tool_choice = *choice;
+  }
+  int64_t max_steps = config.max_steps;
+  if (auto e = read_int(session, "max_steps", p, 1, kMaxSteps, max_steps)) return e;
+  config.max_steps = static_cast<int>(max_steps);
+  const auto sampling = session.find("sampling");
+  if (sampling == session.end() || sampling->is_null()) return std::nullopt;
+  return apply_sampling(*sampling, p + ".sampling", options, vocab_size, config.sampling);
+}
+
+json sampling_json(const engine::SamplingParams& s) {
+  json out = {{"temperature", s.temperature},
+              {"top_p", s.top_p},
+              {"top_k", s.top_k},
+              {"min_p", s.min_p},
+              {"max_tokens", s.max_tokens},
+              {"presence_penalty", s.presence_penalty},
+              {"frequency_penalty", s.frequency_penalty},
+              {"repetition_penalty", s.repetition_penalty},
+              {"stop", s.stop}};
+  out["seed"] = s.seed ? json(*s.seed) : json(nullptr);
+  return out;
+}
+
+json session_config_json(const SessionConfig& config) {
+  return {{"agent_id", config.agent_id},         {"instructions", config.instructions},
+          {"sampling", sampling_json(config.sampling)}, {"tools", config.tools},
+          {"tool_choice", config.tool_choice},   {"max_steps", config.max_steps}};
+}
 
 std::optional<ProtocolError> apply_sampling(const json& sampling, const std::string& param_prefix,
                                             const ServerOptions& options, int vocab_size,
@@ -264,20 +369,24 @@ json error_event(const ProtocolError& error) {
 }
 
 json session_created_event(const std::string& session_id, const SessionConfig& config) {
-  const auto& s = config.sampling;
-  json sampling = {{"temperature", s.temperature},
-                   {"top_p", s.top_p},
-                   {"top_k", s.top_k},
-                   {"max_tokens", s.max_tokens},
-                   {"stop", s.stop}};
-  sampling["seed"] = s.seed ? json(*s.seed) : json(nullptr);
-  return {{"type", "session.created"},
-          {"session",
-           {{"id", session_id},
-            {"object", "session"},
-            {"agent_id", config.agent_id},
-            {"instructions", config.instructions},
-            {"sampling", sampling}}}};
+  json session = session_config_json(config);
+  session["id"] = session_id;
+  session["object"] = "session";
+  return {{"type", "session.created"}, {"session", std::move(session)}};
+}
+
+json session_updated_event(const json& session) {
+  return {{"type", "session.updated"}, {"session", session}};
+}
+
+json session_resumed_event(const json& session, const ResumeReport& report) {
+  return {{"type", "session.resumed"},
+          {"session", session},
+          {"turns", report.turns},
+          {"restored_tokens", report.restored_tokens},
+          {"recomputed_tokens", report.recomputed_tokens},
+          {"lost_unfinished_turn", report.lost_unfinished_turn},
+          {"replay_complete", report.replay_complete}};
 }
 
 json session_deleted_event(const std::string& session_id) {

@@ -33,6 +33,8 @@ struct ProtocolError {
 
 enum class ClientEventType {
   kSessionCreate,
+  kSessionResume,
+  kSessionUpdate,
   kSessionDelete,
   kConversationItemCreate,
   kResponseCreate,
@@ -49,7 +51,14 @@ struct SessionConfig {
   std::string agent_id;
   std::string instructions;  // rendered as the system message
   engine::SamplingParams sampling;
+  // Kept and persisted for the agent layer's turn loop; plain generation does not use them yet.
+  nlohmann::json tools = nlohmann::json::array();
+  nlohmann::json tool_choice = "auto";
+  int max_steps = 8;
 };
+
+inline constexpr size_t kMaxTools = 128;
+inline constexpr int kMaxSteps = 64;
 
 // One parsed client event; only the fields of its type are meaningful.
 struct ClientEvent {
@@ -57,6 +66,9 @@ struct ClientEvent {
   std::string event_id;
   std::string session_id;    // optional on every session-scoped event: default is the newest session
   SessionConfig session;     // session.create
+  // session.update: the `session` object as sent (validated); its fields are applied over the session's.
+  nlohmann::json session_update = nlohmann::json::object();
+  uint64_t last_seq = 0;  // session.resume: the last seq the client has seen (0 = none)
   ConversationMessage item;  // conversation.item.create
   // response.create: response.sampling fields override the session's for this response only.
   nlohmann::json sampling_override = nlohmann::json::object();
@@ -75,6 +87,15 @@ ParseResult parse_client_event(std::string_view text, const ServerOptions& optio
 std::optional<ProtocolError> apply_sampling(const nlohmann::json& sampling, const std::string& param_prefix,
                                             const ServerOptions& options, int vocab_size,
                                             engine::SamplingParams& params);
+
+// Applies a `session` object's fields (agent_id, instructions, sampling, tools, tool_choice, max_steps) onto
+// `config`, validating each; `param_prefix` names the object in errors ("session").
+std::optional<ProtocolError> apply_session_fields(const nlohmann::json& session, const std::string& param_prefix,
+                                                  const ServerOptions& options, int vocab_size,
+                                                  SessionConfig& config);
+// The inverse: every field of `config` in the shape apply_session_fields reads.
+nlohmann::json session_config_json(const SessionConfig& config);
+nlohmann::json sampling_json(const engine::SamplingParams& sampling);
 
 // One piece of a rendered prompt. Markup pieces (the role headers and <|im_end|>) are tokenized with
 // special tokens recognised; content pieces are tokenized as plain text, so a client who types
@@ -97,6 +118,18 @@ std::string make_id(std::string_view prefix);
 nlohmann::json error_event(const ProtocolError& error);
 nlohmann::json session_created_event(const std::string& session_id, const SessionConfig& config);
 nlohmann::json session_deleted_event(const std::string& session_id);
+nlohmann::json session_updated_event(const nlohmann::json& session);
+// What a resume restored: committed turns, KV tokens loaded instead of computed, tokens computed again,
+// whether user items after the last committed turn were lost in a crash, and whether every event after the
+// client's last_seq could be replayed.
+struct ResumeReport {
+  uint32_t turns = 0;
+  int restored_tokens = 0;
+  int recomputed_tokens = 0;
+  bool lost_unfinished_turn = false;
+  bool replay_complete = true;
+};
+nlohmann::json session_resumed_event(const nlohmann::json& session, const ResumeReport& report);
 nlohmann::json item_created_event(const std::string& session_id, const std::string& item_id,
                                   const ConversationMessage& item);
 nlohmann::json response_created_event(const std::string& session_id, const std::string& response_id);

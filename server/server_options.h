@@ -12,8 +12,10 @@
 namespace agentserve::server {
 
 struct ServerOptions {
-  // Loopback only until API keys exist: the server refuses any other address.
+  // Without API keys the server refuses any address but loopback; `serve` sets allow_remote when keys are
+  // configured.
   std::string host = "127.0.0.1";
+  bool allow_remote = false;
   uint16_t port = 8080;  // 0 = any free port (the bound port is printed and returned by HttpServer::port())
   int io_threads = 2;
 
@@ -37,6 +39,14 @@ struct ServerOptions {
   std::chrono::seconds handshake_timeout{10};  // TCP accept -> WebSocket upgrade done, and HTTP request read
   std::chrono::seconds idle_timeout{300};      // no frame from the client (Beast pings it at half of this)
   std::chrono::seconds shutdown_grace{10};  // SIGTERM: time for cancelled responses to report response.done
+
+  // Sessions (SessionRegistry): the last events kept per session for session.resume, bounded both ways;
+  // how long an idle session lives (0 = until deleted); how long an idle session's KV stays pinned.
+  size_t replay_max_events = 1024;
+  size_t replay_max_bytes = size_t{4} << 20;
+  std::chrono::seconds session_ttl{0};
+  std::chrono::seconds session_sweep_interval{60};
+  std::chrono::seconds idle_pin_window{300};
 };
 
 }  // namespace agentserve::server

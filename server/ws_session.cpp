@@ -9,9 +9,22 @@
 namespace agentserve::server {
 
 namespace beast = boost::beast;
+namespace http = beast::http;
 namespace websocket = beast::websocket;
 namespace net = boost::asio;
 using nlohmann::json;
+
+namespace {
+
+ProtocolError invalid(std::string code, std::string message, std::string param = "") {
+  return {"invalid_request_error", std::move(code), std::move(message), std::move(param), ""};
+}
+
+ProtocolError session_not_found(const std::string& id) {
+  return invalid("session_not_found", "no session '" + id + "' (or it belongs to another tenant)", "session_id");
+}
+
+}  // namespace
 
 size_t ServerContext::live_connections() {
   std::lock_guard lock(connections_mutex);
@@ -26,11 +39,37 @@ WsSession::~WsSession() {
   context_.connections.erase(this);
 }
 
-void WsSession::run(beast::http::request<beast::http::string_body> upgrade) {
+void WsSession::run(http::request<http::string_body> upgrade) {
   {
     std::lock_guard lock(context_.connections_mutex);
     context_.connections.emplace(this, weak_from_this());
   }
+  // The key is checked before the handshake: a wrong or missing one gets HTTP 401 and no WebSocket.
+  const auto header = upgrade[http::field::authorization];
+  auto tenant = context_.auth->authenticate(std::string_view(header.data(), header.size()));
+  if (!tenant.ok()) {
+    auto res = std::make_shared<http::response<http::string_body>>(http::status::unauthorized, upgrade.version());
+    res->set(http::field::server, "agentserve");
+    res->set(http::field::content_type, "application/json");
+    res->set(http::field::www_authenticate, "Bearer");
+    json error = json::object();
+    error["type"] = "authentication_error";
+    error["code"] = "invalid_api_key";
+    error["message"] = tenant.status().message();
+    error["param"] = nullptr;
+    res->body() = json{{"error", error}}.dump();
+    res->keep_alive(false);
+    res->prepare_payload();
+    net::dispatch(ws_.get_executor(), [self = shared_from_this(), res] {
+      http::async_write(self->ws_.next_layer(), *res, [self, res](beast::error_code, size_t) {
+        beast::error_code ignored;
+        beast::get_lowest_layer(self->ws_).socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+        self->closed_ = true;
+      });
+    });
+    return;
+  }
+  tenant_ = std::move(*tenant);
   const auto& o = context_.options;
   beast::get_lowest_layer(ws_).expires_never();  // the websocket timeouts below take over
   websocket::stream_base::timeout timeouts{};
@@ -39,7 +78,7 @@ void WsSession::run(beast::http::request<beast::http::string_body> upgrade) {
   timeouts.keep_alive_pings = true;
   ws_.set_option(timeouts);
   ws_.set_option(websocket::stream_base::decorator(
-      [](websocket::response_type& res) { res.set(beast::http::field::server, "agentserve"); }));
+      [](websocket::response_type& res) { res.set(http::field::server, "agentserve"); }));
   ws_.read_message_max(o.max_message_bytes * ServerOptions::kHardMessageFactor);
   ws_.text(true);
   // The handshake reply is written on this connection's strand like everything else.
@@ -68,10 +107,15 @@ void WsSession::on_read(beast::error_code ec, size_t) {
     else if (ec != websocket::error::closed && ec != net::error::operation_aborted)
       spdlog::debug("websocket read ended: {}", ec.message());
     closed_ = true;
+    // The sessions stay (responses keep running, events are kept for resume); they just stop coming here.
+    for (const auto& session : sessions_) {
+      std::lock_guard lock(session->mutex);
+      context_.sessions->detach(*session, this);
+    }
     return;
   }
   if (!ws_.got_text()) {
-    send_error({"invalid_request_error", "binary_not_supported", "events are JSON text frames", "", ""});
+    send_error(invalid("binary_not_supported", "events are JSON text frames"));
   } else {
     const auto data = buffer_.cdata();
     handle_text(std::string_view(static_cast<const char*>(data.data()), data.size()));
@@ -88,6 +132,10 @@ void WsSession::handle_text(std::string_view text) {
   switch (event.type) {
     case ClientEventType::kSessionCreate:
       return on_session_create(event);
+    case ClientEventType::kSessionResume:
+      return on_session_resume(event);
+    case ClientEventType::kSessionUpdate:
+      return on_session_update(event);
     case ClientEventType::kSessionDelete:
       return on_session_delete(event);
     case ClientEventType::kConversationItemCreate:
@@ -104,62 +152,121 @@ void WsSession::handle_text(std::string_view text) {
 void WsSession::on_session_create(const ClientEvent& event) {
   const int limit = context_.options.max_sessions_per_connection;
   if (static_cast<int>(sessions_.size()) >= limit)
-    return send_error({"invalid_request_error", "limit_exceeded",
-                       "at most " + std::to_string(limit) + " sessions per connection", "", ""},
+    return send_error(invalid("limit_exceeded", "at most " + std::to_string(limit) + " sessions per connection"),
                       event.event_id);
-  auto conversation = std::make_shared<Conversation>();
-  conversation->id = make_id("s_");
-  conversation->config = event.session;
-  sessions_.push_back(conversation);
-  send(session_created_event(conversation->id, conversation->config));
+  auto created = context_.sessions->create(*tenant_, event.session);
+  if (!created.ok()) {
+    const bool limit_hit = created.status().code() == StatusCode::kResourceExhausted;
+    return send_error(error_from_status(created.status(), limit_hit ? "tenant_session_limit" : "store_error"),
+                      event.event_id);
+  }
+  const std::shared_ptr<Session>& session = *created;
+  std::lock_guard lock(session->mutex);
+  context_.sessions->attach(*session, shared_from_this(), 0);
+  sessions_.push_back(session);
+  context_.sessions->emit(*session, session_created_event(session->id, session->config));
 }
 
-std::shared_ptr<Conversation> WsSession::find_session(const ClientEvent& event) {
+void WsSession::on_session_resume(const ClientEvent& event) {
+  auto found = context_.sessions->get(*tenant_, event.session_id);
+  if (!found.ok()) {
+    if (found.status().code() == StatusCode::kNotFound)
+      return send_error(session_not_found(event.session_id), event.event_id);
+    return send_error(error_from_status(found.status(), "store_error", "session_id"), event.event_id);
+  }
+  const std::shared_ptr<Session> session = *found;
+  const bool mine = std::find(sessions_.begin(), sessions_.end(), session) != sessions_.end();
+  const int limit = context_.options.max_sessions_per_connection;
+  if (!mine && static_cast<int>(sessions_.size()) >= limit)
+    return send_error(invalid("limit_exceeded", "at most " + std::to_string(limit) + " sessions per connection"),
+                      event.event_id);
+  std::lock_guard lock(session->mutex);
+  if (session->deleted) return send_error(session_not_found(event.session_id), event.event_id);
+  ResumeReport report;
+  report.replay_complete = context_.sessions->attach(*session, shared_from_this(), event.last_seq);
+  std::erase(sessions_, session);
+  sessions_.push_back(session);
+  if (session->loaded_from_store && !session->running) {
+    // After a restart: bring the conversation's KV back (from disk where it was spilled) with a one-token
+    // greedy request; session.resumed follows when it ends, with what was restored and what recomputed.
+    engine::SamplingParams warm;
+    warm.temperature = 0;
+    warm.max_tokens = 1;
+    if (start_response(session, warm, /*warmup=*/true, event.event_id).ok()) return;
+  }
+  report.turns = session->turns;
+  report.lost_unfinished_turn = session->lost_unfinished_turn;
+  context_.sessions->emit(*session, session_resumed_event(context_.sessions->describe(*session), report));
+}
+
+void WsSession::on_session_update(const ClientEvent& event) {
+  auto session = find_session(event);
+  if (!session) return;
+  std::lock_guard lock(session->mutex);
+  SessionConfig config = session->config;
+  const int vocab = static_cast<int>(context_.engine->config().vocab_size);
+  if (auto error = apply_session_fields(event.session_update, "session", context_.options, vocab, config)) {
+    error->event_id = event.event_id;
+    return send_error(std::move(*error));
+  }
+  session->config = std::move(config);
+  if (Status saved = context_.sessions->save_metadata(*session); !saved.ok())
+    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
+  context_.sessions->emit(*session, session_updated_event(context_.sessions->describe(*session)));
+}
+
+std::shared_ptr<Session> WsSession::find_session(const ClientEvent& event) {
   if (event.session_id.empty()) {
     if (!sessions_.empty()) return sessions_.back();
-    send_error({"invalid_request_error", "no_session", "send session.create first", "session_id", ""},
-               event.event_id);
+    send_error(invalid("no_session", "send session.create or session.resume first", "session_id"), event.event_id);
     return nullptr;
   }
   for (const auto& s : sessions_)
     if (s->id == event.session_id) return s;
-  send_error({"invalid_request_error", "session_not_found",
-              "no session '" + event.session_id + "' on this connection", "session_id", ""},
+  send_error(invalid("session_not_found",
+                     "no session '" + event.session_id + "' on this connection (session.resume attaches one)",
+                     "session_id"),
              event.event_id);
   return nullptr;
 }
 
 void WsSession::on_session_delete(const ClientEvent& event) {
-  auto conversation = find_session(event);
-  if (!conversation) return;
-  // A running response is cancelled; its callback still holds the conversation until it ends.
-  if (conversation->running) context_.engine->cancel(conversation->running->request_id);
-  std::erase(sessions_, conversation);
-  send(session_deleted_event(conversation->id));
+  auto session = find_session(event);
+  if (!session) return;
+  {
+    // A running response is cancelled; its callback sees the session deleted and commits nothing.
+    std::lock_guard lock(session->mutex);
+    if (session->running) context_.engine->cancel(session->running->request_id);
+  }
+  std::erase(sessions_, session);
+  if (Status erased = context_.sessions->erase(*tenant_, session->id); !erased.ok())
+    send_error(error_from_status(erased, "store_error", "session_id"), event.event_id);
 }
 
 void WsSession::on_item_create(const ClientEvent& event) {
-  auto conversation = find_session(event);
-  if (!conversation) return;
+  auto session = find_session(event);
+  if (!session) return;
+  std::lock_guard lock(session->mutex);
   // The assistant's answer is appended when the response ends; an item in between would land before it.
-  if (conversation->running)
-    return send_error({"invalid_request_error", "response_in_progress",
-                       "wait for response.done (or send response.cancel) before adding items", "item", ""},
+  if (session->running)
+    return send_error(invalid("response_in_progress",
+                              "wait for response.done (or send response.cancel) before adding items", "item"),
                       event.event_id);
   const int limit = context_.options.max_items_per_session;
-  if (static_cast<int>(conversation->messages.size()) >= limit)
-    return send_error({"invalid_request_error", "limit_exceeded",
-                       "at most " + std::to_string(limit) + " items per session", "item", ""},
+  if (static_cast<int>(session->messages.size()) >= limit)
+    return send_error(invalid("limit_exceeded", "at most " + std::to_string(limit) + " items per session", "item"),
                       event.event_id);
-  conversation->messages.push_back(event.item);
-  send(item_created_event(conversation->id, make_id("item_"), event.item));
+  session->messages.push_back(event.item);
+  // Recorded so a crash before the turn commits is reported as a lost unfinished turn on resume.
+  if (Status saved = context_.sessions->save_metadata(*session); !saved.ok())
+    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
+  context_.sessions->emit(*session, item_created_event(session->id, make_id("item_"), event.item));
 }
 
-std::vector<int32_t> WsSession::render_prompt(const Conversation& conversation) const {
+std::vector<int32_t> WsSession::render_prompt(const Session& session) const {
   const auto& tokenizer = context_.engine->tokenizer();
   std::vector<int32_t> ids;
-  for (const PromptPiece& piece :
-       render_plain_conversation(conversation.config.instructions, conversation.messages)) {
+  for (const PromptPiece& piece : render_plain_conversation(session.config.instructions, session.messages)) {
     const std::vector<int32_t> piece_ids = tokenizer.encode(piece.text, /*parse_special=*/piece.markup);
     ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
   }
@@ -168,92 +275,157 @@ std::vector<int32_t> WsSession::render_prompt(const Conversation& conversation) 
 
 void WsSession::on_response_create(const ClientEvent& event) {
   if (closing_)
-    return send_error({"server_error", "shutting_down", "the server is shutting down", "", ""},
+    return send_error({"server_error", "shutting_down", "the server is shutting down", "", ""}, event.event_id);
+  auto session = find_session(event);
+  if (!session) return;
+  std::lock_guard lock(session->mutex);
+  if (session->running)
+    return send_error(invalid("response_in_progress",
+                              session->running->warmup ? "the session is being resumed: wait for session.resumed"
+                                                       : "response '" + session->running->id + "' is still running",
+                              "type"),
                       event.event_id);
-  auto conversation = find_session(event);
-  if (!conversation) return;
-  if (conversation->running)
-    return send_error({"invalid_request_error", "response_in_progress",
-                       "response '" + conversation->running->id + "' is still running", "type", ""},
-                      event.event_id);
-  engine::SamplingParams sampling = conversation->config.sampling;
+  engine::SamplingParams sampling = session->config.sampling;
   const int vocab = static_cast<int>(context_.engine->config().vocab_size);
-  if (auto error =
-          apply_sampling(event.sampling_override, "response.sampling", context_.options, vocab, sampling)) {
+  if (auto error = apply_sampling(event.sampling_override, "response.sampling", context_.options, vocab, sampling)) {
     error->event_id = event.event_id;
     return send_error(std::move(*error));
   }
-  const std::string response_id = make_id("r_");
+  switch (context_.auth->try_start_response(session->tenant)) {
+    case Auth::Admission::kAdmitted:
+      break;
+    case Auth::Admission::kConcurrencyLimit:
+      return send_error({"rate_limit_error", "tenant_concurrency_limit",
+                         "the tenant already runs its maximum of concurrent responses", "", ""},
+                        event.event_id);
+    case Auth::Admission::kTokenLimit:
+      return send_error({"rate_limit_error", "tenant_token_limit",
+                         "the tenant has used its tokens for this minute", "", ""},
+                        event.event_id);
+  }
+  if (Status started = start_response(session, std::move(sampling), false, event.event_id); !started.ok())
+    context_.auth->end_response(session->tenant, 0);
+}
+
+Status WsSession::start_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
+                                 bool warmup, const std::string& event_id) {
   engine::GenerationRequest request;
-  request.prompt = render_prompt(*conversation);
+  request.prompt = render_prompt(*session);
   request.sampling = std::move(sampling);
-  // Events hop to this connection's strand; the conversation rides along so the response can finish (and
-  // its answer be kept) even when the connection is gone by then.
-  request.on_event = [weak = weak_from_this(), conversation, executor = ws_.get_executor(),
-                      context = &context_](const engine::GenerationEvent& ev) {
-    net::post(executor, [weak, conversation, context, ev] {
-      const auto connection = weak.lock();
-      deliver(*context, *conversation, ev, connection.get());
-    });
+  request.cache_salt = session->tenant.cache_salt;
+  std::vector<int32_t> prompt = request.prompt;
+  // Events hop to this connection's strand (which outlives the connection itself), one at a time in order;
+  // the session rides along, so the response finishes and commits even with no client attached.
+  request.on_event = [session, executor = ws_.get_executor(), context = &context_](const engine::GenerationEvent& ev) {
+    net::post(executor, [session, context, ev] { deliver(*context, session, ev); });
   };
   auto submitted = context_.engine->submit(std::move(request));
-  if (!submitted.ok())
-    return send_error(error_from_status(submitted.status(), "request_rejected", "response"), event.event_id);
-  conversation->running = RunningResponse{response_id, *submitted, ""};
-  send(response_created_event(conversation->id, response_id));
+  if (!submitted.ok()) {
+    if (!warmup) send_error(error_from_status(submitted.status(), "request_rejected", "response"), event_id);
+    return submitted.status();
+  }
+  const std::string response_id = make_id("r_");
+  session->running = RunningResponse{response_id, *submitted, "", std::move(prompt), {}, warmup};
+  if (warmup) return Status::ok_status();
+  if (Status saved = context_.sessions->save_metadata(*session); !saved.ok())
+    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
+  context_.sessions->emit(*session, response_created_event(session->id, response_id));
+  return Status::ok_status();
 }
 
 void WsSession::on_response_cancel(const ClientEvent& event) {
-  auto conversation = find_session(event);
-  if (!conversation) return;
-  const auto& running = conversation->running;
-  if (!running || (!event.response_id.empty() && event.response_id != running->id))
-    return send_error(
-        {"invalid_request_error", "response_not_found", "no such response is running", "response_id", ""},
-        event.event_id);
+  auto session = find_session(event);
+  if (!session) return;
+  std::lock_guard lock(session->mutex);
+  const auto& running = session->running;
+  if (!running || running->warmup || (!event.response_id.empty() && event.response_id != running->id))
+    return send_error(invalid("response_not_found", "no such response is running", "response_id"),
+                      event.event_id);
   context_.engine->cancel(running->request_id);  // response.done (cancelled) follows from the engine
 }
 
-void WsSession::deliver(ServerContext& context, Conversation& conversation,
-                        const engine::GenerationEvent& event, WsSession* connection) {
-  if (!conversation.running || conversation.running->request_id != event.request_id) return;
-  RunningResponse& response = *conversation.running;
-  if (connection && connection->closed_) connection = nullptr;
+void WsSession::deliver(ServerContext& context, const std::shared_ptr<Session>& session,
+                        const engine::GenerationEvent& event) {
+  std::lock_guard lock(session->mutex);
+  if (!session->running || session->running->request_id != event.request_id) return;
+  RunningResponse& response = *session->running;
+  SessionRegistry& registry = *context.sessions;
+  response.completion.insert(response.completion.end(), event.tokens.begin(), event.tokens.end());
+  if (response.warmup) {
+    if (!event.finished) return;
+    ResumeReport report;
+    report.turns = session->turns;
+    report.lost_unfinished_turn = session->lost_unfinished_turn;
+    report.restored_tokens = event.usage.cached_tokens;
+    report.recomputed_tokens = event.usage.prompt_tokens - event.usage.cached_tokens;
+    session->running.reset();
+    session->loaded_from_store = false;
+    if (!session->deleted) registry.emit(*session, session_resumed_event(registry.describe(*session), report));
+    return;
+  }
   if (!event.text.empty()) {
     response.text += event.text;
-    if (connection) connection->send(text_delta_event(response.id, event.text));
+    if (!session->deleted) registry.emit(*session, text_delta_event(response.id, event.text));
   }
   if (!event.finished) return;
   const std::string_view status = response_status(event.finish_reason);
-  if (status == "completed" || status == "incomplete")
-    conversation.messages.push_back({"assistant", response.text});
+  context.auth->end_response(session->tenant, event.usage.prompt_tokens - event.usage.cached_tokens +
+                                                  event.usage.completion_tokens);
   context.metrics->record_response(status, event.usage);
-  if (connection) {
-    std::optional<ProtocolError> error;
-    if (event.finish_reason == engine::FinishReason::kError)
-      error = error_from_status(event.error, "engine_error");
-    connection->send(text_done_event(response.id, response.text));
-    connection->send(response_done_event(conversation.id, response.id, status, event.usage, error));
+  const RunningResponse finished = std::move(response);
+  session->running.reset();
+  if (session->deleted) return;
+  std::optional<ProtocolError> error;
+  if (status == "completed" || status == "incomplete") {
+    session->messages.push_back({"assistant", finished.text});
+    std::vector<int32_t> tokens = finished.prompt;
+    tokens.insert(tokens.end(), finished.completion.begin(), finished.completion.end());
+    if (Status committed = registry.commit_turn(*session, std::move(tokens)); !committed.ok()) {
+      spdlog::error("session {}: committing turn {}: {}", session->id, session->turns, committed.to_string());
+      error = error_from_status(committed, "persist_failed");
+    }
+  } else if (Status saved = registry.save_metadata(*session); !saved.ok()) {
+    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
   }
-  conversation.running.reset();
-  if (connection && connection->closing_ && !connection->any_running()) connection->close_when_flushed();
+  if (event.finish_reason == engine::FinishReason::kError) error = error_from_status(event.error, "engine_error");
+  registry.emit(*session, text_done_event(finished.id, finished.text));
+  registry.emit(*session, response_done_event(session->id, finished.id, status, event.usage, error));
 }
 
 bool WsSession::any_running() const {
-  return std::any_of(sessions_.begin(), sessions_.end(),
-                     [](const auto& s) { return s->running.has_value(); });
+  return std::any_of(sessions_.begin(), sessions_.end(), [](const auto& s) {
+    std::lock_guard lock(s->mutex);
+    return s->running.has_value();
+  });
+}
+
+void WsSession::deliver_frame(std::string frame) {
+  net::post(ws_.get_executor(),
+            [self = shared_from_this(), frame = std::move(frame)]() mutable { self->queue_frame(std::move(frame)); });
+}
+
+void WsSession::taken_over(const std::string& session_id) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), session_id] {
+    std::erase_if(self->sessions_, [&](const auto& s) { return s->id == session_id; });
+    self->send_error({"invalid_request_error", "session_taken_over",
+                      "session '" + session_id + "' was resumed on another connection", "session_id", ""});
+  });
 }
 
 void WsSession::send_error(ProtocolError error, const std::string& event_id) {
   if (!event_id.empty()) error.event_id = event_id;
+  context_.metrics->record_error(error.code);
   send(error_event(error));
 }
 
 void WsSession::send(json event) {
-  if (closed_) return;
   event["event_id"] = make_id("evt_");
-  event["seq"] = ++seq_;
-  std::string frame = event.dump(-1, ' ', false, json::error_handler_t::replace);
+  event["seq"] = 0;
+  queue_frame(event.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+void WsSession::queue_frame(std::string frame) {
+  if (closed_) return;
   queued_bytes_ += frame.size();
   if (queued_bytes_ > context_.options.max_write_queue_bytes) {
     spdlog::warn("disconnecting a client that does not read ({} bytes queued)", queued_bytes_);
@@ -265,8 +437,7 @@ void WsSession::send(json event) {
 
 void WsSession::do_write() {
   writing_ = true;
-  ws_.async_write(net::buffer(queue_.front()),
-                  beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
+  ws_.async_write(net::buffer(queue_.front()), beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
 }
 
 void WsSession::on_write(beast::error_code ec, size_t) {
@@ -290,6 +461,10 @@ void WsSession::close_when_flushed() {
 void WsSession::drop() {
   // The queue stays: a write in flight still refers to its front until it completes with an error.
   closed_ = true;
+  for (const auto& session : sessions_) {
+    std::lock_guard lock(session->mutex);
+    context_.sessions->detach(*session, this);
+  }
   beast::error_code ignored;
   beast::get_lowest_layer(ws_).socket().close(ignored);
 }
@@ -297,8 +472,10 @@ void WsSession::drop() {
 void WsSession::shutdown() {
   net::post(ws_.get_executor(), [self = shared_from_this()] {
     self->closing_ = true;
-    for (const auto& s : self->sessions_)
+    for (const auto& s : self->sessions_) {
+      std::lock_guard lock(s->mutex);
       if (s->running) self->context_.engine->cancel(s->running->request_id);
+    }
     if (!self->any_running()) self->close_when_flushed();
   });
 }

@@ -1,8 +1,10 @@
-// WsSession: one WebSocket connection on /v1/ws, on its own strand. It reads client events one text frame at
-// a time, runs them against the sessions it owns (conversation state in memory), submits responses to the
-// engine, and writes server events through a bounded queue with one write in flight. Engine callbacks come
-// on the engine thread and are posted to this connection's strand: the socket and the sessions are only
-// touched there. A session outlives its connection, so a response whose client went away still finishes.
+// WsSession: one WebSocket connection on /v1/ws, on its own strand. It authenticates the upgrade (401 on a
+// wrong or missing key), reads client events one text frame at a time, runs them against the tenant's
+// sessions in the SessionRegistry, submits responses to the engine, and writes server events through a
+// bounded queue with one write in flight. A session is not the connection's: engine callbacks update it
+// under its own lock and emit its events through the registry, which forwards them to whichever connection
+// is attached (this one, or the one that resumed it). A response whose client went away still finishes and
+// commits its turn.
 //
 // It must never block an io thread, never touch the socket off its strand, and never let client input
 // end the process or the connection (only transport errors, limits on unread output and shutdown do).
@@ -25,49 +27,19 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/protocol.h"
+#include "server/server_context.h"
 #include "server/server_options.h"
+#include "server/session_registry.h"
 
 namespace agentserve::server {
 
-class WsSession;
-
-// What every connection shares: options, the engine, metrics, and the registry of live connections that
-// shutdown walks. Owned by HttpServer; outlives every connection.
-struct ServerContext {
-  ServerOptions options;
-  engine::Engine* engine = nullptr;  // set once the model is loaded (/readyz)
-  Metrics* metrics = nullptr;
-  std::string model_name;
-
-  std::atomic<bool> stopping{false};
-  std::mutex connections_mutex;
-  std::unordered_map<WsSession*, std::weak_ptr<WsSession>> connections;
-
-  size_t live_connections();
-};
-
-// A response that is running: the engine request and the text streamed so far.
-struct RunningResponse {
-  std::string id;
-  engine::RequestId request_id = 0;
-  std::string text;
-};
-
-// One agent session (session.create): its configuration and conversation. Touched only on the strand of the
-// connection that created it.
-struct Conversation {
-  std::string id;
-  SessionConfig config;
-  std::vector<ConversationMessage> messages;
-  std::optional<RunningResponse> running;
-};
-
-class WsSession : public std::enable_shared_from_this<WsSession> {
+class WsSession : public EventSink, public std::enable_shared_from_this<WsSession> {
  public:
   WsSession(boost::asio::ip::tcp::socket&& socket, ServerContext& context);
-  ~WsSession();
+  ~WsSession() override;
   WsSession(const WsSession&) = delete;
   WsSession& operator=(const WsSession&) = delete;
 
@@ -76,6 +48,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   // From any thread: cancel running responses, let their response.done go out, then close (going away).
   void shutdown();
 
+  // EventSink: from any thread (under the session's lock); both hop to this connection's strand.
+  void deliver_frame(std::string frame) override;
+  void taken_over(const std::string& session_id) override;
+
  private:
   void on_accept(boost::beast::error_code ec);
   void do_read();
@@ -83,20 +59,30 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void handle_text(std::string_view text);
 
   void on_session_create(const ClientEvent& event);
+  void on_session_resume(const ClientEvent& event);
+  void on_session_update(const ClientEvent& event);
   void on_session_delete(const ClientEvent& event);
   void on_item_create(const ClientEvent& event);
   void on_response_create(const ClientEvent& event);
   void on_response_cancel(const ClientEvent& event);
-  // The session an event names (session_id) or the newest one; sends the error and returns null if none.
-  std::shared_ptr<Conversation> find_session(const ClientEvent& event);
-  std::vector<int32_t> render_prompt(const Conversation& conversation) const;
+  // The session an event names (session_id, among those this connection created or resumed) or the newest
+  // of them; sends the error and returns null if none.
+  std::shared_ptr<Session> find_session(const ClientEvent& event);
+  // Starts a response (or a resume's warm-up) on `session`; caller holds session.mutex.
+  Status start_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
+                        bool warmup, const std::string& event_id);
+  std::vector<int32_t> render_prompt(const Session& session) const;
 
-  // Runs on the strand of the connection that created `conversation`; `connection` is null once it is gone.
-  static void deliver(ServerContext& context, Conversation& conversation,
-                      const engine::GenerationEvent& event, WsSession* connection);
+  // The engine's events for `session`, posted to the strand of the connection that started the response:
+  // updates the session under its lock and emits through the registry (to whichever connection is
+  // attached now); the finish commits the turn.
+  static void deliver(ServerContext& context, const std::shared_ptr<Session>& session,
+                      const engine::GenerationEvent& event);
 
-  // Stamps event_id and seq and queues the frame; a queue past the limit disconnects the client.
+  // Connection-level events (error, pong): seq 0, not kept for replay. Strand only.
   void send(nlohmann::json event);
+  // Queues a frame; a queue past the limit disconnects the client. Strand only.
+  void queue_frame(std::string frame);
   void send_error(ProtocolError error, const std::string& event_id = "");
   void do_write();
   void on_write(boost::beast::error_code ec, size_t bytes);
@@ -112,8 +98,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool writing_ = false;
   bool closing_ = false;  // shutdown: no new responses; close once nothing runs and the queue is flushed
   bool closed_ = false;   // close started or connection dropped: nothing more is written
-  uint64_t seq_ = 0;
-  std::vector<std::shared_ptr<Conversation>> sessions_;  // in creation order
+  std::optional<Tenant> tenant_;  // set by run() once the upgrade is authenticated
+  // Sessions this connection created or resumed, in that order (the newest is the default). Strand only.
+  std::vector<std::shared_ptr<Session>> sessions_;
 };
 
 }  // namespace agentserve::server

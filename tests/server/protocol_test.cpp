@@ -277,3 +277,46 @@ TEST_CASE("make_id keeps its prefix and does not repeat") {
   }
   CHECK(ids.size() == 1000);
 }
+
+TEST_CASE("session.resume needs a session_id and a non-negative last_seq; session.update is validated") {
+  const ServerOptions options;
+  const auto parse = [&](const json& event) { return server::parse_client_event(event.dump(), options, 1000); };
+  const auto error_code = [&](const json& event) {
+    const ParseResult r = parse(event);
+    REQUIRE(std::holds_alternative<ProtocolError>(r));
+    return std::get<ProtocolError>(r).code;
+  };
+  ParseResult ok = parse({{"type", "session.resume"}, {"session_id", "s_1"}, {"last_seq", 42}});
+  REQUIRE(std::holds_alternative<ClientEvent>(ok));
+  CHECK(std::get<ClientEvent>(ok).type == ClientEventType::kSessionResume);
+  CHECK(std::get<ClientEvent>(ok).last_seq == 42);
+  CHECK(error_code({{"type", "session.resume"}}) == "missing_field");
+  CHECK(error_code({{"type", "session.resume"}, {"session_id", "s_1"}, {"last_seq", -1}}) == "invalid_value");
+  CHECK(error_code({{"type", "session.resume"}, {"session_id", "s_1"}, {"last_seq", "5"}}) == "invalid_type");
+
+  ParseResult update = parse({{"type", "session.update"}, {"session", {{"instructions", "x"}, {"max_steps", 3}}}});
+  REQUIRE(std::holds_alternative<ClientEvent>(update));
+  CHECK(std::get<ClientEvent>(update).session_update["max_steps"] == 3);
+  CHECK(error_code({{"type", "session.update"}}) == "missing_field");
+  CHECK(error_code({{"type", "session.update"}, {"session", {{"max_steps", 0}}}}) == "invalid_value");
+  CHECK(error_code({{"type", "session.update"}, {"session", {{"tool_choice", "sometimes"}}}}) == "invalid_value");
+  CHECK(error_code({{"type", "session.update"}, {"session", {{"tools", {{{"type", "function"}}}}}}}) ==
+        "missing_field");
+  CHECK(error_code({{"type", "session.create"}, {"session", {{"instrucions", "x"}}}}) == "unknown_field");
+}
+
+TEST_CASE("a session's config survives session_config_json and apply_session_fields unchanged") {
+  const ServerOptions options;
+  server::SessionConfig config{.agent_id = "agent-a", .instructions = "be brief"};
+  config.sampling.temperature = 0.5;
+  config.sampling.top_k = 7;
+  config.sampling.seed = 99;
+  config.sampling.stop = {"\n\n"};
+  config.tools = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
+  config.tool_choice = "required";
+  config.max_steps = 5;
+  server::SessionConfig back;
+  REQUIRE_FALSE(server::apply_session_fields(server::session_config_json(config), "session", options, 1000, back));
+  CHECK(server::session_config_json(back) == server::session_config_json(config));
+  CHECK(back.sampling.seed == config.sampling.seed);
+}

@@ -1,179 +1,43 @@
 // Integration: the real `agentserve serve` binary with a tiny generated model, driven over real HTTP and
 // WebSocket connections with Boost.Beast's client, then stopped with SIGTERM.
 #include <doctest/doctest.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <chrono>
-#include <cstdlib>
-#include <filesystem>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/websocket.hpp>
-#include <nlohmann/json.hpp>
+#include "tests/scratch_dir.h"
+#include "tests/server/ws_test_client.h"
 
-namespace beast = boost::beast;
-namespace http = beast::http;
-namespace websocket = beast::websocket;
-namespace net = boost::asio;
-using tcp = net::ip::tcp;
-using nlohmann::json;
+using namespace agentserve::testing;
 
 namespace {
 
 // One server process for the whole file: made on first use, stopped by the last test case.
-struct ServerProcess {
-  std::filesystem::path dir;
-  pid_t pid = -1;
-  int port = 0;
-  int stdout_fd = -1;
-
-  ServerProcess() {
-    char templ[] = "/tmp/agentserve_ws_test_XXXXXX";
-    REQUIRE(::mkdtemp(templ) != nullptr);
-    dir = templ;
-    const std::string make = std::string("'") + AGENTSERVE_BINARY +
-                             "' make-model --preset tiny --seed 3 --out '" + (dir / "tiny").string() +
-                             "' >/dev/null 2>&1";
-    REQUIRE(std::system(make.c_str()) == 0);
-    int out[2];
-    REQUIRE(::pipe(out) == 0);
-    pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::dup2(out[1], STDOUT_FILENO);
-      ::close(out[0]);
-      ::close(out[1]);
-      const std::string model = (dir / "tiny").string();
-      ::execl(AGENTSERVE_BINARY, AGENTSERVE_BINARY, "serve", "--model", model.c_str(), "--port", "0",
-              "--threads", "2", "--kv-cache-mb", "64", "--io-threads", "2", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    // stdout carries one line, "listening on 127.0.0.1:PORT", once the model is loaded and the port bound.
-    const std::string prefix = "listening on 127.0.0.1:";
-    std::string out_text;
-    pollfd pfd{out[0], POLLIN, 0};
-    while (out_text.find('\n') == std::string::npos && ::poll(&pfd, 1, 60000) > 0) {
-      char buf[256];
-      const ssize_t n = ::read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      out_text.append(buf, static_cast<size_t>(n));
-    }
-    stdout_fd = out[0];  // kept open: a closed pipe would kill the server with SIGPIPE if it wrote again
-    REQUIRE_MESSAGE(out_text.starts_with(prefix), "serve printed: " << out_text);
-    port = std::stoi(out_text.substr(prefix.size()));
+struct SharedServer {
+  ServerProcess process;
+  SharedServer() {
+    const auto dir = scratch_dir("server_ws_server_test", "shared");
+    const std::string model = make_tiny_model(dir).string();
+    process.start({"--model", model, "--threads", "2", "--kv-cache-mb", "64", "--io-threads", "2"});
   }
-
-  // SIGTERM, then the exit status (or -1 if it did not exit within 30 s).
-  int stop() {
-    ::kill(pid, SIGTERM);
-    for (int i = 0; i < 3000; ++i) {
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-
-  ~ServerProcess() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    if (stdout_fd >= 0) ::close(stdout_fd);
-    std::error_code ignored;
-    std::filesystem::remove_all(dir, ignored);
-  }
+  int port() const { return process.port(); }
+  pid_t pid() const { return process.pid(); }
+  int stop() { return process.stop(); }
 };
 
-ServerProcess& server() {
-  static ServerProcess process;
-  return process;
+SharedServer& server() {
+  static SharedServer shared;
+  return shared;
 }
-
-struct HttpReply {
-  int status;
-  std::string body;
-};
 
 HttpReply get(const std::string& target) {
-  net::io_context ioc;
-  tcp::socket socket(ioc);
-  socket.connect({net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(server().port)});
-  http::request<http::empty_body> req{http::verb::get, target, 11};
-  req.set(http::field::host, "127.0.0.1");
-  http::write(socket, req);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> res;
-  http::read(socket, buffer, res);
-  return {static_cast<int>(res.result_int()), res.body()};
+  return http_get(server().port(), target);
 }
 
-// A WebSocket client that checks the envelope of every event it reads.
-class Client {
- public:
-  Client() : ws_(ioc_) {
-    ws_.next_layer().connect({net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(server().port)});
-    ws_.handshake("127.0.0.1", "/v1/ws");
-    ws_.text(true);
-  }
-
-  void send(const std::string& text) { ws_.write(net::buffer(text)); }
-  void send(const json& event) { send(event.dump()); }
-
-  json read() {
-    beast::flat_buffer buffer;
-    ws_.read(buffer);
-    json event = json::parse(beast::buffers_to_string(buffer.data()));
-    REQUIRE(event.contains("type"));
-    REQUIRE(event["event_id"].is_string());
-    REQUIRE(event["seq"].is_number_unsigned());
-    const uint64_t seq = event["seq"].get<uint64_t>();
-    CHECK_MESSAGE(seq > last_seq_, "seq " << seq << " after " << last_seq_);
-    last_seq_ = seq;
-    return event;
-  }
-
-  // Reads until an event of `type`; the ones before it are returned in `before` when given.
-  json read_until(const std::string& type, std::vector<json>* before = nullptr) {
-    for (;;) {
-      json event = read();
-      if (event["type"] == type) return event;
-      if (before) before->push_back(event);
-    }
-  }
-
-  websocket::stream<tcp::socket>& ws() { return ws_; }
-
- private:
-  net::io_context ioc_;
-  websocket::stream<tcp::socket> ws_;
-  uint64_t last_seq_ = 0;
+// A client of the shared server.
+struct SharedClient : Client {
+  SharedClient() : Client(server().port()) {}
 };
-
-json user_message(const std::string& text) {
-  return {{"type", "conversation.item.create"},
-          {"item", {{"type", "message"}, {"role", "user"}, {"content", text}}}};
-}
-
-json greedy_session(int max_tokens) {
-  return {
-      {"type", "session.create"},
-      {"session", {{"agent_id", "test"}, {"sampling", {{"temperature", 0}, {"max_tokens", max_tokens}}}}}};
-}
 
 }  // namespace
 
@@ -192,7 +56,7 @@ TEST_CASE("serve answers /healthz, /readyz and /v1/models, and a JSON 404 elsewh
 }
 
 TEST_CASE("a greedy response streams deltas and ends with response.done after max_tokens") {
-  Client client;
+  SharedClient client;
   client.send(greedy_session(8));
   const json created = client.read_until("session.created");
   const std::string session_id = created["session"]["id"];
@@ -245,7 +109,7 @@ TEST_CASE(
   json first_done;
   std::string first_text;
   for (int round = 0; round < 2; ++round) {
-    Client client;
+    SharedClient client;
     client.send(greedy_session(6));
     client.read_until("session.created");
     client.send(user_message(long_message));
@@ -267,7 +131,7 @@ TEST_CASE(
 }
 
 TEST_CASE("bad input gets an error event and the connection keeps working") {
-  Client client;
+  SharedClient client;
   client.send(std::string("{not json"));
   json e = client.read();
   CHECK(e["type"] == "error");
@@ -297,7 +161,7 @@ TEST_CASE("bad input gets an error event and the connection keeps working") {
 }
 
 TEST_CASE("a second response.create while one runs is refused, and response.cancel ends the first") {
-  Client client;
+  SharedClient client;
   client.send(greedy_session(4000));
   client.read_until("session.created");
   client.send(user_message("Count"));
@@ -321,7 +185,7 @@ TEST_CASE("a second response.create while one runs is refused, and response.canc
 }
 
 TEST_CASE("sessions are addressed by session_id, capped per connection, and gone once deleted") {
-  Client client;
+  SharedClient client;
   client.send(greedy_session(2));
   const std::string first = client.read_until("session.created")["session"]["id"];
   client.send(greedy_session(2));
@@ -364,14 +228,14 @@ TEST_CASE("/metrics is Prometheus text with the engine's token counts") {
 }
 
 TEST_CASE("SIGTERM cancels a running response, reports it, closes the socket and exits 0") {
-  Client client;
+  SharedClient client;
   client.send(greedy_session(4000));
   client.read_until("session.created");
   client.send(user_message("Go on"));
   client.read_until("conversation.item.created");
   client.send(json{{"type", "response.create"}});
   client.read_until("response.created");
-  ::kill(server().pid, SIGTERM);
+  ::kill(server().pid(), SIGTERM);
   const json done = client.read_until("response.done");
   CHECK(done["response"]["status"] != "failed");
   beast::flat_buffer buffer;

@@ -1,0 +1,295 @@
+#include "server/openai_api.h"
+
+#include <array>
+
+#include "agent/chat_template.h"
+#include "agent/prompt_tokens.h"
+#include "server/protocol.h"
+
+namespace agentserve::server {
+
+using agent::Json;  // insertion-ordered: tool schemas and arguments render in the client's key order
+using nlohmann::json;
+
+namespace {
+
+OpenAiError bad_request(std::string code, std::string message, std::string param) {
+  return {400, "invalid_request_error", std::move(code), std::move(message), std::move(param)};
+}
+
+// Parameters taken as given or checked below; the rest of OpenAI's (logprobs, logit_bias,
+// response_format, ...) are refused by name rather than silently ignored.
+constexpr std::array<std::string_view, 20> kKnownParams = {"model",
+                                                           "messages",
+                                                           "tools",
+                                                           "tool_choice",
+                                                           "temperature",
+                                                           "top_p",
+                                                           "max_tokens",
+                                                           "max_completion_tokens",
+                                                           "seed",
+                                                           "stop",
+                                                           "n",
+                                                           "stream",
+                                                           "stream_options",
+                                                           "presence_penalty",
+                                                           "frequency_penalty",
+                                                           "user",
+                                                           "parallel_tool_calls",
+                                                           "top_k",
+                                                           "min_p",
+                                                           "repetition_penalty"};
+
+std::optional<OpenAiError> check_params(const Json& body) {
+  for (const auto& [key, value] : body.items()) {
+    if (key == "chat_template_kwargs") continue;
+    bool known = false;
+    for (std::string_view k : kKnownParams) known = known || k == key;
+    if (!known) return bad_request("unsupported_parameter", "'" + key + "' is not supported", key);
+  }
+  return std::nullopt;
+}
+
+std::optional<OpenAiError> read_flags(const Json& body, ChatCompletionRequest& out) {
+  if (auto it = body.find("stream"); it != body.end() && !it->is_null()) {
+    if (!it->is_boolean()) return bad_request("invalid_type", "'stream' must be a boolean", "stream");
+    out.stream = it->get<bool>();
+  }
+  if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+    if (!it->is_object())
+      return bad_request("invalid_type", "'stream_options' must be an object", "stream_options");
+    if (auto u = it->find("include_usage"); u != it->end() && !u->is_null()) {
+      if (!u->is_boolean())
+        return bad_request("invalid_type", "must be a boolean", "stream_options.include_usage");
+      out.include_usage = u->get<bool>();
+    }
+  }
+  if (auto it = body.find("n"); it != body.end() && !it->is_null() && *it != 1)
+    return bad_request("unsupported_value", "only n=1 is supported", "n");
+  if (auto it = body.find("parallel_tool_calls"); it != body.end() && !it->is_null() && !it->is_boolean())
+    return bad_request("invalid_type", "'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
+  if (auto it = body.find("user"); it != body.end() && !it->is_null() && !it->is_string())
+    return bad_request("invalid_type", "'user' must be a string", "user");
+  if (auto it = body.find("chat_template_kwargs"); it != body.end() && !it->is_null()) {
+    if (!it->is_object())
+      return bad_request("invalid_type", "'chat_template_kwargs' must be an object", "chat_template_kwargs");
+    for (const auto& [key, value] : it->items()) {
+      if (key != "enable_thinking" || !value.is_boolean())
+        return bad_request("unsupported_parameter", "only a boolean enable_thinking is supported",
+                           "chat_template_kwargs." + key);
+      out.enable_thinking = value.get<bool>();
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<OpenAiError> read_sampling(const Json& body, const ChatApiContext& context,
+                                         engine::SamplingParams& params) {
+  json sampling = json::object();
+  for (const char* key : {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
+                          "frequency_penalty", "repetition_penalty", "max_tokens"}) {
+    if (auto it = body.find(key); it != body.end() && !it->is_null()) sampling[key] = json::parse(it->dump());
+  }
+  // max_completion_tokens is the newer name of max_tokens; it wins when both are given.
+  if (auto it = body.find("max_completion_tokens"); it != body.end() && !it->is_null())
+    sampling["max_tokens"] = json::parse(it->dump());
+  params.max_tokens = context.options->default_max_tokens;
+  if (auto e = apply_sampling(sampling, "", *context.options, context.vocab_size, params)) {
+    std::string param = e->param.starts_with('.') ? e->param.substr(1) : e->param;
+    if (param == "max_tokens" && body.contains("max_completion_tokens")) param = "max_completion_tokens";
+    return bad_request(e->code, e->message, param);
+  }
+  return std::nullopt;
+}
+
+// The tools rendered into the prompt: null for none. tool_choice none leaves them out of the prompt, so the
+// model does not call them; required and named choices need constrained decoding, which is not built yet.
+std::variant<Json, OpenAiError> read_tools(const Json& body) {
+  Json tools = nullptr;
+  if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
+    if (!it->is_array()) return bad_request("invalid_type", "'tools' must be an array", "tools");
+    for (size_t i = 0; i < it->size(); ++i) {
+      const Json& tool = (*it)[i];
+      const std::string param = "tools[" + std::to_string(i) + "]";
+      if (!tool.is_object() || tool.value("type", "") != "function")
+        return bad_request("invalid_value", "a tool must be an object with type \"function\"",
+                           param + ".type");
+      const auto fn = tool.find("function");
+      if (fn == tool.end() || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+        return bad_request("missing_field", "a tool needs function.name", param + ".function.name");
+    }
+    if (!it->empty()) tools = *it;
+  }
+  if (auto it = body.find("tool_choice"); it != body.end() && !it->is_null()) {
+    if (it->is_string() && *it == "none") return Json(nullptr);
+    if (it->is_string() && *it == "auto") return tools;
+    if ((it->is_string() && *it == "required") || it->is_object())
+      return OpenAiError{400, "invalid_request_error", "unsupported_value",
+                         "tool_choice 'required' and named tools are not supported yet; use 'auto' or 'none'",
+                         "tool_choice"};
+    return bad_request("invalid_value", "tool_choice must be 'none', 'auto', 'required' or an object",
+                       "tool_choice");
+  }
+  return tools;
+}
+
+}  // namespace
+
+json openai_error_body(const OpenAiError& error) {
+  return {{"error",
+           {{"message", error.message},
+            {"type", error.type},
+            {"param", error.param.empty() ? json(nullptr) : json(error.param)},
+            {"code", error.code.empty() ? json(nullptr) : json(error.code)}}}};
+}
+
+OpenAiError openai_error_from_status(const Status& status, std::string code) {
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kOutOfRange:
+      return {400, "invalid_request_error", std::move(code), status.message(), ""};
+    case StatusCode::kResourceExhausted:
+      return {503, "server_error", "server_busy", status.message(), ""};
+    default:
+      return {500, "server_error", std::move(code), status.message(), ""};
+  }
+}
+
+std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::string_view body_text,
+                                                                       const ChatApiContext& context) {
+  Json body = Json::parse(body_text, nullptr, false);
+  if (body.is_discarded()) return bad_request("invalid_json", "the body is not valid JSON", "");
+  if (!body.is_object()) return bad_request("invalid_type", "the body must be a JSON object", "");
+  if (auto e = check_params(body)) return *e;
+  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return bad_request("invalid_type", "'model' must be a string", "model");
+    if (*it != context.model_name)
+      return OpenAiError{404, "invalid_request_error", "model_not_found",
+                         "the model '" + it->get<std::string>() + "' does not exist; this server serves '" +
+                             context.model_name + "'",
+                         "model"};
+  }
+  ChatCompletionRequest out;
+  if (auto e = read_flags(body, out)) return *e;
+  if (auto e = read_sampling(body, context, out.sampling)) return *e;
+  auto tools = read_tools(body);
+  if (auto* e = std::get_if<OpenAiError>(&tools)) return *e;
+  const auto messages_it = body.find("messages");
+  if (messages_it == body.end() || !messages_it->is_array() || messages_it->empty())
+    return bad_request("missing_field", "'messages' must be a non-empty array", "messages");
+  auto messages = agent::parse_messages(*messages_it);
+  if (!messages.ok()) return bad_request("invalid_value", messages.status().message(), "messages");
+  agent::ChatTemplateOptions template_options;
+  template_options.enable_thinking = out.enable_thinking;
+  auto rendered = agent::render_chat_with_literals(*messages, std::get<Json>(tools), template_options);
+  if (!rendered.ok()) return bad_request("invalid_value", rendered.status().message(), "messages");
+  // Client text is literal: a "<|im_start|>" typed in a message or schema stays text (agent/prompt_tokens).
+  out.prompt = agent::encode_prompt(*context.tokenizer, *rendered);
+  return out;
+}
+
+ChatCompletionBuilder::ChatCompletionBuilder(std::string id, std::string model, int64_t created)
+    : id_(std::move(id)), model_(std::move(model)), created_(created) {}
+
+json ChatCompletionBuilder::chunk(json delta, const json& finish_reason) const {
+  return {{"id", id_},
+          {"object", "chat.completion.chunk"},
+          {"created", created_},
+          {"model", model_},
+          {"choices",
+           json::array({{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", finish_reason}}})}};
+}
+
+json ChatCompletionBuilder::start_chunk() const {
+  return chunk({{"role", "assistant"}, {"content", ""}}, nullptr);
+}
+
+void ChatCompletionBuilder::apply(std::vector<agent::TurnEvent>& events, std::vector<json>& chunks) {
+  for (agent::TurnEvent& event : events) {
+    switch (event.kind) {
+      case agent::TurnEventKind::kContent:
+        content_ += event.text;
+        chunks.push_back(chunk({{"content", event.text}}, nullptr));
+        break;
+      case agent::TurnEventKind::kReasoning:
+        reasoning_ += event.text;
+        chunks.push_back(chunk({{"reasoning_content", event.text}}, nullptr));
+        break;
+      case agent::TurnEventKind::kToolCall: {
+        json call = {
+            {"id", make_id("call_")},
+            {"type", "function"},
+            {"function",
+             {{"name", event.call.name}, {"arguments", agent::python_json_dumps(event.call.arguments)}}}};
+        json delta_call = call;
+        delta_call["index"] = tool_calls_.size();
+        tool_calls_.push_back(std::move(call));
+        chunks.push_back(chunk({{"tool_calls", json::array({std::move(delta_call)})}}, nullptr));
+        break;
+      }
+      case agent::TurnEventKind::kError:
+        if (!error_)
+          error_ = OpenAiError{500, "server_error", "invalid_tool_call",
+                               "the model produced a malformed tool call: " + event.text, ""};
+        break;
+    }
+  }
+}
+
+std::vector<json> ChatCompletionBuilder::feed(std::string_view text) {
+  std::vector<agent::TurnEvent> events;
+  parser_.feed(text, events);
+  std::vector<json> chunks;
+  apply(events, chunks);
+  return chunks;
+}
+
+std::vector<json> ChatCompletionBuilder::finish(engine::FinishReason reason, const engine::Usage& usage,
+                                                bool include_usage, const Status& engine_error) {
+  std::vector<agent::TurnEvent> events;
+  parser_.finish(events);
+  std::vector<json> chunks;
+  apply(events, chunks);
+  usage_ = usage;
+  if (reason == engine::FinishReason::kError && !error_)
+    error_ = openai_error_from_status(engine_error, "engine_error");
+  // A client that is still there when its request is cancelled sees why (the server is shutting down).
+  if (reason == engine::FinishReason::kCancelled && !error_)
+    error_ = OpenAiError{503, "server_error", "cancelled", "the request was cancelled", ""};
+  if (error_) return chunks;
+  finish_reason_ = !tool_calls_.empty()                      ? "tool_calls"
+                   : reason == engine::FinishReason::kLength ? "length"
+                                                             : "stop";
+  chunks.push_back(chunk(json::object(), finish_reason_));
+  if (include_usage) {
+    json last = chunk(json::object(), nullptr);
+    last["choices"] = json::array();
+    last["usage"] = completion()["usage"];
+    chunks.push_back(std::move(last));
+  }
+  return chunks;
+}
+
+json ChatCompletionBuilder::completion() const {
+  json message = {{"role", "assistant"},
+                  {"content", content_.empty() && !tool_calls_.empty() ? json(nullptr) : json(content_)}};
+  if (!reasoning_.empty()) message["reasoning_content"] = reasoning_;
+  if (!tool_calls_.empty()) message["tool_calls"] = tool_calls_;
+  return {{"id", id_},
+          {"object", "chat.completion"},
+          {"created", created_},
+          {"model", model_},
+          {"choices",
+           json::array({{{"index", 0}, {"message", std::move(message)}, {"finish_reason", finish_reason_}}})},
+          {"usage",
+           {{"prompt_tokens", usage_.prompt_tokens},
+            {"completion_tokens", usage_.completion_tokens},
+            {"total_tokens", usage_.prompt_tokens + usage_.completion_tokens},
+            {"prompt_tokens_details", {{"cached_tokens", usage_.cached_tokens}}}}}};
+}
+
+std::string sse_event(const json& data) {
+  return "data: " + data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+}
+
+}  // namespace agentserve::server

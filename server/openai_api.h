@@ -1,0 +1,103 @@
+// The OpenAI-compatible chat completions API (POST /v1/chat/completions) minus the transport: a request
+// body -> the engine request it asks for (Qwen3 prompt with the tools, sampling), and the engine's text ->
+// the answer, either one chat.completion object or chat.completion.chunk objects for SSE. Reasoning becomes
+// `reasoning_content`, <tool_call> blocks become `tool_calls` (agent::ToolCallParser), and every rejection is
+// OpenAI's {"error": {message, type, param, code}} with its HTTP status.
+//
+// It must never tokenize client text with special-token parsing: a message, tool schema or argument that
+// contains "<|im_start|>" is text, never a turn boundary. It never touches sockets or the engine; the
+// transport (http_server.cpp) submits and streams.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/tool_call_parser.h"
+#include "engine/request.h"
+#include "engine/sampling_params.h"
+#include "engine/tokenizer.h"
+#include "server/server_options.h"
+
+namespace agentserve::server {
+
+// An error as OpenAI sends it, with the HTTP status that carries it.
+struct OpenAiError {
+  int http_status = 400;
+  std::string type = "invalid_request_error";  // or "server_error", "authentication_error", ...
+  std::string code;
+  std::string message;
+  std::string param;  // the offending field, empty when none applies
+};
+
+// {"error": {"message", "type", "param", "code"}} (param null when empty).
+nlohmann::json openai_error_body(const OpenAiError& error);
+// A Status from the engine (submit) as the error a client sees: InvalidArgument/OutOfRange -> 400,
+// ResourceExhausted -> 503, others 500.
+OpenAiError openai_error_from_status(const Status& status, std::string code);
+
+// What the request asks the engine for, and how to answer.
+struct ChatCompletionRequest {
+  std::vector<int32_t> prompt;
+  engine::SamplingParams sampling;
+  bool stream = false;
+  bool include_usage = false;   // stream_options.include_usage: a last chunk with usage
+  bool enable_thinking = true;  // chat_template_kwargs.enable_thinking (vLLM's extension)
+};
+
+struct ChatApiContext {
+  const ServerOptions* options = nullptr;
+  const engine::Tokenizer* tokenizer = nullptr;
+  int vocab_size = 0;
+  std::string model_name;  // the one model served; a request naming another gets 404 model_not_found
+};
+
+// Parses and validates a request body, renders its messages and tools with Qwen3's chat template and
+// tokenizes the prompt. Accepted: model, messages, tools, tool_choice (none | auto), temperature, top_p,
+// max_tokens, max_completion_tokens, seed, stop, n (1), stream, stream_options, presence_penalty,
+// frequency_penalty, user, parallel_tool_calls, and vLLM's top_k, min_p, repetition_penalty and
+// chat_template_kwargs.enable_thinking. Anything else is a 400 naming the parameter.
+std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::string_view body,
+                                                                       const ChatApiContext& context);
+
+// Turns the engine's released text of one completion into OpenAI objects. Streaming: feed() and finish()
+// return the chat.completion.chunk objects to send, in order. Not streaming: call them the same way and
+// ignore the chunks, then completion() is the chat.completion object.
+class ChatCompletionBuilder {
+ public:
+  ChatCompletionBuilder(std::string id, std::string model, int64_t created);
+
+  // The first chunk: delta {"role": "assistant", "content": ""}.
+  nlohmann::json start_chunk() const;
+  std::vector<nlohmann::json> feed(std::string_view text);
+  // The completion ended. A malformed tool call or an engine error leaves error() set (and returns no
+  // finish chunk: the transport sends the error instead).
+  std::vector<nlohmann::json> finish(engine::FinishReason reason, const engine::Usage& usage,
+                                     bool include_usage, const Status& engine_error = {});
+  nlohmann::json completion() const;
+  const std::optional<OpenAiError>& error() const { return error_; }
+
+ private:
+  nlohmann::json chunk(nlohmann::json delta, const nlohmann::json& finish_reason) const;
+  void apply(std::vector<agent::TurnEvent>& events, std::vector<nlohmann::json>& chunks);
+
+  std::string id_, model_;
+  int64_t created_;
+  agent::ToolCallParser parser_;
+  std::string content_, reasoning_;
+  nlohmann::json tool_calls_ = nlohmann::json::array();
+  std::string finish_reason_;
+  engine::Usage usage_;
+  std::optional<OpenAiError> error_;
+};
+
+// "data: <json>\n\n" and the closing "data: [DONE]\n\n".
+std::string sse_event(const nlohmann::json& data);
+inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
+
+}  // namespace agentserve::server

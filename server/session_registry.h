@@ -1,0 +1,162 @@
+// SessionRegistry: the server-wide table of agent sessions, keyed by id and owned by a tenant. A session
+// outlives the connection that created it: its events carry a per-session seq and the last ones are kept
+// for replay, so a client that reconnects (session.resume) gets what it missed and then the live stream.
+// With a SessionStore, every session's metadata and each finished turn are persisted (the turn's messages
+// and the session's token ids in one synced commit), and a session not in memory is loaded from the store on
+// first use (after a restart).
+//
+// It must never return a session to another tenant (that tenant sees NotFound, as for an unknown id), never
+// block on the engine, and never write a partial turn. Thread-safe: the table has its own lock; each
+// Session's state is guarded by Session::mutex, which callers hold while they touch it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/status.h"
+#include "engine/request.h"
+#include "memory/session_store.h"
+#include "server/auth.h"
+#include "server/protocol.h"
+
+namespace agentserve::server {
+
+// Where a session's events go: the connection attached to it (WsSession). Called with Session::mutex held,
+// from any thread: implementations only queue (post to their strand) and return.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  virtual void deliver_frame(std::string frame) = 0;
+  // Another connection resumed this session; this one no longer receives its events.
+  virtual void taken_over(const std::string& session_id) = 0;
+};
+
+// A response that is running: the engine request and the text streamed so far.
+struct RunningResponse {
+  std::string id;
+  engine::RequestId request_id = 0;
+  std::string text;
+  std::vector<int32_t> prompt;       // the rendered prompt it was submitted with
+  std::vector<int32_t> completion;   // tokens sampled so far
+  bool warmup = false;  // a resume's KV warm-up (prefill, one token): never shown, never committed
+};
+
+struct SessionEventRecord {
+  uint64_t seq = 0;
+  std::string frame;
+};
+
+// One agent session. Every field below `mutex` is guarded by it.
+struct Session {
+  Session(std::string id, Tenant tenant) : id(std::move(id)), tenant(std::move(tenant)) {}
+
+  const std::string id;
+  const Tenant tenant;
+
+  std::mutex mutex;
+  SessionConfig config;
+  std::vector<ConversationMessage> messages;
+  size_t committed_messages = 0;  // messages[0, committed_messages) are in committed turns
+  uint32_t turns = 0;             // committed turns
+  std::vector<int32_t> tokens;    // the token ids of the last committed turn (prompt + completion)
+  int64_t created_at = 0;         // unix seconds
+  int64_t updated_at = 0;
+  std::optional<RunningResponse> running;
+  bool deleted = false;
+  bool loaded_from_store = false;  // reloaded after a restart and not yet resumed (KV not warmed)
+  bool lost_unfinished_turn = false;  // items or a response after the last turn were lost in a crash
+
+  uint64_t seq = 0;  // of the last event emitted
+  std::deque<SessionEventRecord> replay;
+  size_t replay_bytes = 0;
+  std::weak_ptr<EventSink> sink;
+};
+
+struct RegistryOptions {
+  size_t replay_max_events = 1024;          // events kept per session for session.resume
+  size_t replay_max_bytes = size_t{4} << 20;
+  std::chrono::seconds session_ttl{0};      // idle sessions older than this are deleted; 0 = never
+  std::chrono::seconds sweep_interval{60};  // how often the TTL sweep runs
+  // For re-validating a stored session's configuration when it is loaded.
+  ServerOptions limits;
+  int vocab_size = 0;
+
+  static RegistryOptions from(const ServerOptions& options, int vocab_size);
+};
+
+class SessionRegistry {
+ public:
+  // `store` may be null (sessions then live in memory only); it and `auth` must outlive the registry.
+  SessionRegistry(RegistryOptions options, memory::SessionStore* store, const Auth& auth);
+  ~SessionRegistry();  // stops the sweep thread
+  SessionRegistry(const SessionRegistry&) = delete;
+  SessionRegistry& operator=(const SessionRegistry&) = delete;
+
+  // A new session of `tenant` (metadata persisted). ResourceExhausted past the tenant's max_sessions.
+  Result<std::shared_ptr<Session>> create(const Tenant& tenant, const SessionConfig& config);
+  // The tenant's session: in memory, else loaded from the store (loaded_from_store set). NotFound when it
+  // does not exist or belongs to another tenant.
+  Result<std::shared_ptr<Session>> get(const Tenant& tenant, std::string_view id);
+  // Removes the session from memory and the store and emits session.deleted to its connection. The caller
+  // cancels a running response first (the registry never calls the engine). NotFound as for get().
+  Status erase(const Tenant& tenant, std::string_view id);
+
+  // Stamps type-independent envelope fields (event_id, seq, session_id), keeps the frame for replay and
+  // hands it to the attached sink. Caller holds session.mutex.
+  void emit(Session& session, nlohmann::json event);
+  // Attaches `sink` (the previous sink, if another, is told taken_over) and hands it every kept event with
+  // seq > last_seq, in order. Returns false when events after last_seq were already dropped from the
+  // replay window. Caller holds session.mutex.
+  bool attach(Session& session, const std::shared_ptr<EventSink>& sink, uint64_t last_seq);
+  // Detaches `sink` if it is the attached one. Caller holds session.mutex.
+  void detach(Session& session, const EventSink* sink);
+
+  // Persists a finished turn: the messages since the last turn (the assistant's answer included) and
+  // `tokens`, atomically and synced. Caller holds session.mutex.
+  Status commit_turn(Session& session, std::vector<int32_t> tokens);
+  // Persists the metadata alone (session.update, a new item, a response starting: a crash after them is
+  // reported as a lost unfinished turn). Caller holds session.mutex.
+  Status save_metadata(Session& session);
+
+  // The session as the REST API and session.created/resumed show it. Caller holds session.mutex.
+  nlohmann::json describe(const Session& session) const;
+
+  // Deletes sessions idle past the TTL (in memory and in the store) that have no running response.
+  // Returns how many. Called by the sweep thread; public for tests.
+  size_t sweep_expired(int64_t now_unix_s);
+  size_t live_sessions() const;
+
+ private:
+  void forget(const std::string& tenant, std::string_view id);  // caller holds mutex_
+  std::string metadata_json(const Session& session) const;
+  Result<std::shared_ptr<Session>> load(const Tenant& tenant, std::string_view id);
+  void sweep_loop();
+
+  RegistryOptions options_;
+  memory::SessionStore* store_;
+  const Auth& auth_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_;
+  std::map<std::string, int, std::less<>> per_tenant_;  // sessions in memory or in the store
+
+  std::mutex sweep_mutex_;
+  std::condition_variable sweep_cv_;
+  bool stopping_ = false;
+  std::thread sweeper_;
+};
+
+int64_t unix_now_s();
+
+}  // namespace agentserve::server

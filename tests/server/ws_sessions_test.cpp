@@ -1,0 +1,242 @@
+// Integration: sessions across connections and restarts, on the real binary with a config file (API keys
+// for two tenants), a temporary data dir and real WebSocket clients: 401 on a wrong key, tenants apart,
+// tenant limits, takeover, resume after a disconnect mid-stream (the rest exactly once), resume after
+// kill -9 and after SIGTERM (committed turns back, the next answer identical to a server that never
+// restarted).
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tests/scratch_dir.h"
+#include "tests/server/ws_test_client.h"
+
+using namespace agentserve::testing;
+
+namespace {
+
+const std::string kAlphaKey = "alpha-secret-key";
+const std::string kBetaKey = "beta-secret-key";
+
+struct Fixture {
+  std::filesystem::path dir;
+  std::string model;
+  std::string config;
+
+  explicit Fixture(const std::string& name) {
+    dir = scratch_dir("server_ws_sessions_test", name);
+    model = make_tiny_model(dir).string();
+    config = (dir / "config.json").string();
+    std::ofstream(config) << json{{"api_keys",
+                                   {{{"key", kAlphaKey}, {"tenant", "alpha"}}, {{"key", kBetaKey}, {"tenant", "beta"}}}},
+                                  {"tenants", {{"beta", {{"max_sessions", 2}, {"max_concurrent_responses", 1}}}}}}
+                                  .dump();
+  }
+
+  std::vector<std::string> args() const {
+    return {"--model",      model, "--config", config, "--data-dir", (dir / "data").string(), "--threads", "2",
+            "--kv-cache-mb", "64"};
+  }
+};
+
+std::string create_session(Client& client, int max_tokens) {
+  client.send(greedy_session(max_tokens));
+  return client.read_until("session.created")["session"]["id"];
+}
+
+// One user message and a response to it; returns response.done (and the answer's text in `text`).
+json turn(Client& client, const std::string& message, std::string* text = nullptr) {
+  client.send(user_message(message));
+  client.read_until("conversation.item.created");
+  client.send(json{{"type", "response.create"}});
+  const json done_text = client.read_until("response.output_text.done");
+  if (text) *text = done_text["text"];
+  return client.read_until("response.done");
+}
+
+std::string long_message(int round) {
+  std::string m = "Round " + std::to_string(round) + ". ";
+  for (int i = 0; i < 40; ++i) m += "The quick brown fox number " + std::to_string(i * 7 + round) + " jumps. ";
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("a wrong or missing API key is refused with 401; tenants never see each other's sessions") {
+  Fixture f("auth");
+  ServerProcess server;
+  server.start(f.args());
+  CHECK(http_get(server.port(), "/v1/ws", "", /*upgrade=*/true).status == 401);
+  CHECK(http_get(server.port(), "/v1/ws", "wrong-key", /*upgrade=*/true).status == 401);
+  CHECK(http_get(server.port(), "/v1/ws", kAlphaKey, /*upgrade=*/true).status == 101);
+
+  Client alpha(server.port(), kAlphaKey);
+  const std::string id = create_session(alpha, 4);
+  Client beta(server.port(), kBetaKey);
+  beta.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", 0}});
+  json e = beta.read();
+  CHECK(e["error"]["code"] == "session_not_found");
+  CHECK(e.dump().find("\"instructions\"") == std::string::npos);
+  beta.send(json{{"type", "session.resume"}, {"session_id", "s_never_made"}});
+  CHECK(beta.read()["error"]["code"] == "session_not_found");
+
+  // beta's limits (config): 2 sessions, 1 response at a time.
+  const std::string b1 = create_session(beta, 4000);
+  create_session(beta, 4);
+  beta.send(greedy_session(4));
+  CHECK(beta.read()["error"]["code"] == "tenant_session_limit");
+  json item = user_message("count");
+  item["session_id"] = b1;
+  beta.send(item);
+  beta.read_until("conversation.item.created");
+  beta.send(json{{"type", "response.create"}, {"session_id", b1}});
+  beta.read_until("response.created");
+  beta.send(user_message("second session"));
+  beta.read_until("conversation.item.created");
+  beta.send(json{{"type", "response.create"}, {"event_id", "r2"}});
+  const json limited = beta.read_until("error");
+  CHECK(limited["error"]["code"] == "tenant_concurrency_limit");
+  CHECK(limited["error"]["event_id"] == "r2");
+  // alpha is not limited by beta's running response.
+  const json done = turn(alpha, "hello");
+  CHECK(done["response"]["status"] != "failed");
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("a disconnect mid-stream then session.resume with last_seq gives the rest exactly once; a second "
+          "connection takes the session over") {
+  Fixture f("resume");
+  ServerProcess server;
+  server.start(f.args());
+  std::string id;
+  std::string first_part;
+  uint64_t last_seq = 0;
+  {
+    Client client(server.port(), kAlphaKey);
+    id = create_session(client, 300);
+    client.send(user_message("Tell me a long story"));
+    client.read_until("conversation.item.created");
+    client.send(json{{"type", "response.create"}});
+    client.read_until("response.created");
+    for (int i = 0; i < 5; ++i) {
+      const json delta = client.read();
+      if (delta["type"] != "response.output_text.delta") break;
+      first_part += delta["delta"].get<std::string>();
+    }
+    last_seq = client.last_seq(id);
+    beast::error_code ignored;
+    client.ws().next_layer().close(ignored);  // gone without a close frame
+  }
+  Client again(server.port(), kAlphaKey);
+  again.set_last_seq(id, last_seq);
+  again.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", last_seq}});
+  std::vector<json> events;
+  const json text_done = again.read_until("response.output_text.done", &events);
+  uint64_t expect = last_seq + 1;
+  std::string rest;
+  bool resumed = false;
+  for (const json& e : events) {
+    CHECK(e["seq"] == expect);  // no gap, no duplicate
+    expect = e["seq"].get<uint64_t>() + 1;
+    resumed |= e["type"] == "session.resumed";
+    if (e["type"] == "response.output_text.delta") rest += e["delta"].get<std::string>();
+  }
+  CHECK(first_part + rest == text_done["text"].get<std::string>());
+  const json done = again.read_until("response.done");
+  CHECK(done["response"]["status"] != "failed");
+  if (!resumed) CHECK(again.read_until("session.resumed")["replay_complete"] == true);
+
+  // A third connection resumes it: the second is told, and only the third gets the session's events.
+  Client third(server.port(), kAlphaKey);
+  third.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", again.last_seq(id)}});
+  const json resumed_event = third.read_until("session.resumed");
+  CHECK(resumed_event["session"]["id"] == id);
+  CHECK(resumed_event["turns"] == 1);
+  const json taken = again.read_until("error");
+  CHECK(taken["error"]["code"] == "session_taken_over");
+  json item = user_message("still mine?");
+  item["session_id"] = id;
+  again.send(item);
+  CHECK(again.read()["error"]["code"] == "session_not_found");
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("after kill -9 a resumed session has every committed turn and answers like a server that never "
+          "restarted; after SIGTERM too") {
+  Fixture f("restart");
+  const int kTurns = 4;
+  ServerProcess server;
+  server.start(f.args());
+  std::string id;
+  std::vector<std::string> answers;
+  std::string reference_next;
+  int committed_tokens = 0;
+  {
+    Client client(server.port(), kAlphaKey);
+    id = create_session(client, 8);
+    for (int t = 0; t < kTurns; ++t) {
+      std::string text;
+      const json done = turn(client, long_message(t), &text);
+      answers.push_back(text);
+      committed_tokens = done["response"]["usage"]["prompt_tokens"].get<int>() +
+                         done["response"]["usage"]["completion_tokens"].get<int>();
+    }
+    // The reference: the same conversation in another session on this never-restarted server, one turn more.
+    Client reference(server.port(), kAlphaKey);
+    create_session(reference, 8);
+    for (int t = 0; t < kTurns; ++t) {
+      std::string text;
+      turn(reference, long_message(t), &text);
+      CHECK(text == answers[t]);
+    }
+    turn(reference, "And now?", &reference_next);
+  }
+  CHECK(committed_tokens > 1000);
+  CHECK(server.kill9() == 128 + SIGKILL);
+
+  server.start(f.args());
+  {
+    Client client(server.port(), kAlphaKey);
+    client.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", 0}});
+    const json resumed = client.read_until("session.resumed");
+    CHECK(resumed["turns"] == kTurns);
+    CHECK(resumed["lost_unfinished_turn"] == false);
+    const int restored = resumed["restored_tokens"];
+    const int recomputed = resumed["recomputed_tokens"];
+    MESSAGE("after kill -9: restored " << restored << ", recomputed " << recomputed);
+    // The warm-up prompt re-renders the conversation: the last answer is re-tokenized from its text.
+    CHECK(restored + recomputed >= committed_tokens - 16);
+    std::string next;
+    turn(client, "And now?", &next);
+    CHECK(next == reference_next);
+    // A response cut by SIGTERM: the socket closes cleanly and the unfinished turn is reported after restart.
+    client.send(user_message("Count to a thousand"));
+    client.read_until("conversation.item.created");
+    client.send(json{{"type", "response.create"}, {"response", {{"sampling", {{"max_tokens", 4000}}}}}});
+    client.read_until("response.created");
+    ::kill(server.pid(), SIGTERM);
+    const json done = client.read_until("response.done");
+    CHECK(done["response"]["status"] != "failed");
+    beast::flat_buffer buffer;
+    beast::error_code ec;
+    client.ws().read(buffer, ec);
+    CHECK(ec == websocket::error::closed);
+  }
+  CHECK(server.stop() == 0);
+
+  server.start(f.args());
+  Client client(server.port(), kAlphaKey);
+  client.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", 0}});
+  const json resumed = client.read_until("session.resumed");
+  CHECK(resumed["turns"] == kTurns + 1);
+  CHECK(resumed["lost_unfinished_turn"] == true);
+  const int restored = resumed["restored_tokens"];
+  const int recomputed = resumed["recomputed_tokens"];
+  MESSAGE("after SIGTERM: restored " << restored << ", recomputed " << recomputed);
+  // A clean stop flushes the KV: every full block up to the last answer comes back from disk (the answer
+  // itself is re-tokenized from its text, so its tokens may differ from the ones generated).
+  CHECK(restored > 0);
+  CHECK(recomputed < 64);
+  CHECK(server.stop() == 0);
+}
