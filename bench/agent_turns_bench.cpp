@@ -5,16 +5,14 @@
 // prefills only its new tokens. With a random-weight model the answers are gibberish; the token accounting
 // is what is measured.
 //
-// Usage: agent_turns_bench --model DIR [--turns 20] [--max-tokens 24] [--threads N] [--no-thinking]
-// Make the model with: agentserve make-model --preset tiny --out models/tiny
-#include <condition_variable>
+// Usage: agent_turns_bench [--model DIR] [--turns 20] [--max-tokens 24] [--threads N] [--no-thinking]
+// DIR defaults to models/demo-tiny or models/tiny (agentserve make-model --preset tiny --out models/tiny).
 #include <cstdio>
-#include <deque>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "agent/turn_loop.h"
+#include "bench/bench_engine.h"
 #include "engine/engine.h"
 
 namespace {
@@ -22,37 +20,6 @@ namespace {
 using namespace agentserve;
 using agent::Message;
 using agent::Role;
-
-// The session strand: tasks posted from the engine and tool threads run on the bench's main thread.
-class QueueExecutor {
- public:
-  agent::Executor executor() {
-    return [this](std::function<void()> task) {
-      {
-        std::lock_guard lock(mutex_);
-        tasks_.push_back(std::move(task));
-      }
-      wake_.notify_one();
-    };
-  }
-  void run_until(const std::function<bool()>& done) {
-    while (!done()) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [&] { return !tasks_.empty(); });
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      task();
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-};
 
 // Keeps what the transcript would: the committed messages and the outcome.
 class CollectingSink final : public agent::TurnSink {
@@ -111,28 +78,19 @@ int main(int argc, char** argv) {
       args.thinking = false;
     } else {
       std::fprintf(stderr,
-                   "usage: agent_turns_bench --model DIR [--turns 20] [--max-tokens 24] [--threads N] "
+                   "usage: agent_turns_bench [--model DIR] [--turns 20] [--max-tokens 24] [--threads N] "
                    "[--no-thinking]\n");
       return 2;
     }
   }
-  if (args.model.empty()) {
-    std::fprintf(
-        stderr,
-        "agent_turns_bench: --model DIR is required (agentserve make-model --preset tiny --out DIR)\n");
-    return 2;
-  }
-  engine::EngineOptions engine_options;
-  engine_options.model_dir = args.model;
-  engine_options.n_threads = args.threads;
-  auto opened = engine::Engine::open(engine_options);
-  if (!opened.ok()) {
-    std::fprintf(stderr, "agent_turns_bench: %s\n", opened.status().to_string().c_str());
-    return 1;
-  }
-  engine::Engine& engine = **opened;
+  args.model = bench::find_model_dir("agent_turns_bench", args.model);
+  if (args.model.empty()) return 2;
+  const std::unique_ptr<engine::Engine> opened =
+      bench::open_engine("agent_turns_bench", args.model, args.threads);
+  if (!opened) return 1;
+  engine::Engine& engine = *opened;
   agent::EngineTurnGenerator generator(engine);
-  QueueExecutor executor;
+  bench::MainThreadStrand executor;
   std::vector<std::thread> tool_threads;
 
   agent::TurnLoopOptions options;

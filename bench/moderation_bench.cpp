@@ -11,18 +11,10 @@
 // N]
 //        [--repeats 2] [--service examples/moderation_service.py]
 // DIR defaults to models/demo-tiny or models/tiny (agentserve make-model --preset tiny --out models/tiny).
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
-#include <deque>
-#include <filesystem>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -33,80 +25,22 @@
 
 #include "agent/moderation_client.h"
 #include "agent/moderation_gate.h"
+#include "bench/bench_engine.h"
 #include "engine/engine.h"
 #include "net/http_client.h"
+#include "tests/agent/moderation_service_process.h"
 
 namespace {
 
 using namespace agentserve;
 using Clock = std::chrono::steady_clock;
 
-// The driver's strand: the bench's main thread runs what the engine and the io threads post.
-class QueueExecutor {
- public:
-  agent::GateExecutor executor() {
-    return [this](std::function<void()> task) {
-      {
-        std::lock_guard lock(mutex_);
-        tasks_.push_back(std::move(task));
-      }
-      wake_.notify_one();
-    };
-  }
-  void run_until(const std::function<bool()>& done) {
-    while (!done()) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [&] { return !tasks_.empty(); });
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      task();
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-};
-
-// examples/moderation_service.py on a free loopback port; killed when this goes.
-class Service {
- public:
-  Service(const std::string& script, int delay_ms) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      const std::string delay = std::to_string(delay_ms);
-      execl("/usr/bin/python3", "python3", script.c_str(), "--port", "0", "--delay-ms", delay.c_str(),
-            "--flag", "never-generated-word", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(fds[1]);
-    FILE* out = fdopen(fds[0], "r");
-    char line[64] = {};
-    if (fgets(line, sizeof(line), out) == nullptr || sscanf(line, "PORT %d", &port_) != 1) port_ = 0;
-    fclose(out);
-  }
-  ~Service() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  bool ok() const { return port_ > 0; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/moderations"; }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
+// examples/moderation_service.py on a free loopback port, answering after `delay_ms` and flagging nothing
+// the model generates.
+agent::testing::ModerationServiceProcess start_service(const std::string& script, int delay_ms) {
+  return agent::testing::ModerationServiceProcess(
+      script, {"--port", "0", "--delay-ms", std::to_string(delay_ms), "--flag", "never-generated-word"});
+}
 
 struct Response {
   std::unique_ptr<agent::ModerationGate> gate;
@@ -127,7 +61,7 @@ struct BatchResult {
 // One batch of `n` concurrent responses; window 0 = moderation off.
 BatchResult run_batch(engine::Engine& engine, agent::ModerationClient* client, size_t window, int n,
                       int tokens, uint64_t seed) {
-  QueueExecutor strand;
+  bench::MainThreadStrand strand;
   std::vector<Response> responses(static_cast<size_t>(n));
   std::atomic<uint64_t> checks{0};
   int finished = 0;
@@ -241,28 +175,11 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (model.empty()) {
-    for (const char* candidate : {"models/demo-tiny", "models/tiny"})
-      if (std::filesystem::exists(std::string(candidate) + "/config.json")) {
-        model = candidate;
-        break;
-      }
-  }
-  if (model.empty()) {
-    std::fprintf(stderr,
-                 "moderation_bench: no model; make one with agentserve make-model --preset tiny --out DIR "
-                 "and pass --model DIR\n");
-    return 2;
-  }
-  engine::EngineOptions engine_options;
-  engine_options.model_dir = model;
-  engine_options.n_threads = threads;
-  auto opened = engine::Engine::open(engine_options);
-  if (!opened.ok()) {
-    std::fprintf(stderr, "moderation_bench: %s\n", opened.status().to_string().c_str());
-    return 1;
-  }
-  engine::Engine& engine = **opened;
+  model = bench::find_model_dir("moderation_bench", model);
+  if (model.empty()) return 2;
+  const std::unique_ptr<engine::Engine> opened = bench::open_engine("moderation_bench", model, threads);
+  if (!opened) return 1;
+  engine::Engine& engine = *opened;
 
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
@@ -271,13 +188,14 @@ int main(int argc, char** argv) {
   int status = 0;
   {
     net::HttpClient http(io);
-    Service fast(script, 2), slow(script, 20);
+    const auto fast = start_service(script, 2);
+    const auto slow = start_service(script, 20);
     if (!fast.ok() || !slow.ok()) {
       std::fprintf(stderr, "moderation_bench: the example moderation service did not start\n");
       status = 1;
     } else {
       std::vector<std::unique_ptr<agent::ModerationClient>> clients;
-      for (const Service* service : {&fast, &slow}) {
+      for (const agent::testing::ModerationServiceProcess* service : {&fast, &slow}) {
         agent::ModerationOptions options;
         options.url = service->url();
         clients.push_back(std::move(agent::ModerationClient::create(http, options, nullptr)).value());

@@ -6,20 +6,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+
+#include "tests/agent/reference_conversations.h"
 
 namespace agentserve::agent {
 namespace {
 
 namespace fs = std::filesystem;
 
-Json read_json(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "cannot open " << path);
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return Json::parse(buffer.str());
-}
+using testing::read_json;
+using testing::reference_conversations;
+using testing::ReferenceConversation;
 
 std::string render_json(const Json& messages, const Json& tools = nullptr, ChatTemplateOptions options = {}) {
   auto parsed = parse_messages(messages);
@@ -39,23 +36,18 @@ std::string first_difference(const std::string& want, const std::string& got) {
 }
 
 TEST_CASE("every reference conversation renders byte for byte like the Jinja template") {
-  const fs::path root = AGENTSERVE_SOURCE_DIR;
-  const Json conversations = read_json(root / "tests/reference/chat_conversations.json");
-  const Json golden = read_json(root / "tests/agent/data/chat_golden.json");
+  const std::vector<ReferenceConversation> conversations = reference_conversations();
+  const Json golden = read_json(fs::path(AGENTSERVE_SOURCE_DIR) / "tests/agent/data/chat_golden.json");
   REQUIRE(conversations.size() >= 30);
   REQUIRE(golden.size() == conversations.size());
   for (std::size_t i = 0; i < conversations.size(); ++i) {
-    const Json& conversation = conversations[i];
-    const std::string name = conversation.at("name").get<std::string>();
-    CAPTURE(name);
-    REQUIRE(golden[i].at("name").get<std::string>() == name);
-    ChatTemplateOptions options;
-    options.add_generation_prompt = conversation.value("add_generation_prompt", false);
-    options.enable_thinking = conversation.value("enable_thinking", true);
-    const std::string prompt =
-        render_json(conversation.at("messages"), conversation.value("tools", Json(nullptr)), options);
+    const ReferenceConversation& c = conversations[i];
+    CAPTURE(c.name);
+    REQUIRE(golden[i].at("name").get<std::string>() == c.name);
+    auto prompt = render_chat(c.messages, c.tools, c.options);
+    REQUIRE_MESSAGE(prompt.ok(), prompt.status().to_string());
     const std::string want = golden[i].at("prompt").get<std::string>();
-    CHECK_MESSAGE(prompt == want, name << " differs " << first_difference(want, prompt));
+    CHECK_MESSAGE(*prompt == want, c.name << " differs " << first_difference(want, *prompt));
   }
 }
 

@@ -3,114 +3,18 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <random>
-#include <thread>
+
+#include "tests/agent/moderation_client_harness.h"
+#include "tests/agent/scripted_turn.h"
 
 namespace agentserve::agent {
 namespace {
 
 using namespace std::chrono_literals;
 
-const engine::Tokenizer& qwen3_tokenizer() {
-  static const engine::Tokenizer tokenizer = [] {
-    auto loaded = engine::Tokenizer::load(AGENTSERVE_TOKENIZER_DIR);
-    REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
-    return *loaded;
-  }();
-  return tokenizer;
-}
-
-// The driver's strand: tasks from any thread, run by the test thread one at a time.
-class QueueExecutor {
- public:
-  Executor executor() {
-    return [this](std::function<void()> task) {
-      {
-        std::lock_guard lock(mutex_);
-        tasks_.push_back(std::move(task));
-      }
-      wake_.notify_one();
-    };
-  }
-  bool empty() {
-    std::lock_guard lock(mutex_);
-    return tasks_.empty();
-  }
-  // Runs one task, waiting up to `timeout` for it; false if none came.
-  bool run_one(std::chrono::milliseconds timeout = 0ms) {
-    std::function<void()> task;
-    {
-      std::unique_lock lock(mutex_);
-      if (!wake_.wait_for(lock, timeout, [&] { return !tasks_.empty(); })) return false;
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
-    }
-    task();
-    return true;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-};
-
-// Emits each script in pieces of `piece` bytes (each piece a delta the gate counts as a token). With `hang`,
-// the last script never finishes: it waits for cancel(), as a long generation would.
-class ScriptedGenerator final : public TurnGenerator {
- public:
-  ScriptedGenerator(std::vector<std::string> scripts, std::size_t piece, bool hang)
-      : scripts_(std::move(scripts)), piece_(piece), hang_(hang) {}
-
-  Result<engine::RequestId> start(engine::GenerationRequest request) override {
-    if (next_ >= scripts_.size()) return Status::failed_precondition("no script left");
-    const std::string& script = scripts_[next_++];
-    prompts.push_back(qwen3_tokenizer().decode(request.prompt));
-    const engine::RequestId id = next_;
-    for (std::size_t at = 0; at < script.size(); at += piece_) {
-      engine::GenerationEvent event;
-      event.request_id = id;
-      event.text = script.substr(at, piece_);
-      request.on_event(event);
-    }
-    engine::GenerationEvent last;
-    last.request_id = id;
-    last.finished = true;
-    last.finish_reason = engine::FinishReason::kStop;
-    if (hang_ && next_ == scripts_.size()) {
-      hanging_ = std::move(request.on_event);
-      return id;
-    }
-    request.on_event(last);
-    return id;
-  }
-  void cancel(engine::RequestId) override {
-    cancelled = true;
-    if (!hanging_) return;
-    engine::GenerationEvent event;
-    event.finished = true;
-    event.finish_reason = engine::FinishReason::kCancelled;
-    hanging_(event);
-    hanging_ = nullptr;
-  }
-  const engine::Tokenizer& tokenizer() const override { return qwen3_tokenizer(); }
-
-  std::vector<std::string> prompts;
-  bool cancelled = false;
-
- private:
-  std::vector<std::string> scripts_;
-  std::size_t piece_;
-  bool hang_;
-  std::size_t next_ = 0;
-  engine::EventCallback hanging_;
-};
+using testing::ManualExecutor;
+using testing::ScriptedGenerator;
 
 class RecordingSink final : public TurnSink {
  public:
@@ -216,10 +120,16 @@ std::string words(int n, int at = -1, const std::string& word = "#") {
   return out;
 }
 
+// With `hang`, the last script never finishes: the loop is still generating when verdicts come.
+std::vector<std::string> hang_last(std::vector<std::string> scripts, bool hang) {
+  if (hang) scripts.back() = ScriptedGenerator::hanging(scripts.back());
+  return scripts;
+}
+
 struct Harness {
   Harness(std::vector<std::string> scripts, ModeratedTurnOptions moderation, std::size_t piece = 3,
           bool hang = false, KindChecker checker = {})
-      : generator(std::move(scripts), piece, hang) {
+      : generator(hang_last(std::move(scripts), hang), piece) {
     auto created =
         ModeratedTurnSink::create(sink, executor.executor(), checker ? checker : fake.checker(), moderation,
                                   [this](const ModerationBlock& block) { blocks.push_back(block); });
@@ -272,7 +182,7 @@ struct Harness {
     return content.size();
   }
 
-  QueueExecutor executor;
+  ManualExecutor executor;
   FakeChecker fake;
   ScriptedGenerator generator;
   RecordingSink sink;
@@ -405,8 +315,8 @@ TEST_CASE("a flagged tool result is withheld from the model and the response goe
   REQUIRE(h.sink.results.size() == 1);
   CHECK(h.sink.results[0].find("withheld") != std::string::npos);
   REQUIRE(h.generator.prompts.size() == 2);
-  CHECK(h.generator.prompts[1].find("sum 5 secret") == std::string::npos);
-  CHECK(h.generator.prompts[1].find("withheld") != std::string::npos);
+  CHECK(h.generator.prompt_text(1).find("sum 5 secret") == std::string::npos);
+  CHECK(h.generator.prompt_text(1).find("withheld") != std::string::npos);
   REQUIRE(h.blocks.size() == 1);
   CHECK(h.blocks[0].kind == ModerationKind::kToolResult);
   CHECK(h.blocks[0].action == "withheld");
@@ -437,7 +347,7 @@ TEST_CASE("a cancel by the driver ends at once and forwards nothing still held")
 
 TEST_CASE("create refuses a zero window and a missing checker") {
   RecordingSink sink;
-  QueueExecutor executor;
+  ManualExecutor executor;
   CHECK(ModeratedTurnSink::create(sink, executor.executor(), [](auto, auto, auto) {}, windows(0, 0), {})
             .status()
             .code() == StatusCode::kInvalidArgument);
@@ -446,28 +356,13 @@ TEST_CASE("create refuses a zero window and a missing checker") {
 
 // The real client against a port nobody listens on: the failure blocks under fail-closed, passes under
 // fail-open.
-struct DeadWebhook {
+struct DeadWebhook : testing::ModerationClientHarness {
   DeadWebhook() {
-    thread = std::thread([this] { io.run(); });
     ModerationOptions options;
     options.url = "http://127.0.0.1:1/v1/moderations";
     options.timeout = 1000ms;
-    auto created = ModerationClient::create(http, options, &stats);
-    REQUIRE(created.ok());
-    client = std::move(created).value();
+    connect(options);
   }
-  ~DeadWebhook() {
-    client.reset();
-    work.reset();
-    thread.join();
-  }
-  boost::asio::io_context io;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work{
-      io.get_executor()};
-  net::HttpClient http{io};
-  ModerationStats stats;
-  std::unique_ptr<ModerationClient> client;
-  std::thread thread;
 };
 
 TEST_CASE("an unreachable webhook blocks under fail-closed and passes under fail-open") {

@@ -1,18 +1,13 @@
 #include "agent/moderation_client.h"
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <future>
-#include <optional>
-#include <thread>
 
 #include <doctest/doctest.h>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
+
+#include "tests/agent/moderation_client_harness.h"
+#include "tests/agent/moderation_service_process.h"
 
 using agentserve::agent::ModerationClient;
 using agentserve::agent::ModerationFailure;
@@ -27,55 +22,15 @@ namespace {
 
 constexpr const char* kSecret = "whsec_c2VjcmV0LWtleS1ieXRlcy0wMTIzNDU2Nzg5";
 
-// examples/moderation_service.py as a child process; the port is read from its "PORT n" line.
-class ModerationService {
- public:
-  explicit ModerationService(std::vector<std::string> args) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    args.insert(args.begin(), {"/usr/bin/python3", AGENTSERVE_SOURCE_DIR "/examples/moderation_service.py"});
-    pid_ = fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    FILE* out = fdopen(fds[0], "r");
-    char line[64] = {};
-    const bool got = fgets(line, sizeof(line), out) != nullptr;
-    fclose(out);
-    REQUIRE(got);
-    REQUIRE(sscanf(line, "PORT %d", &port_) == 1);
+// examples/moderation_service.py with `args`; the test stops here if it does not come up.
+struct ModerationService : agentserve::agent::testing::ModerationServiceProcess {
+  explicit ModerationService(std::vector<std::string> args)
+      : ModerationServiceProcess(AGENTSERVE_SOURCE_DIR "/examples/moderation_service.py", std::move(args)) {
+    REQUIRE(ok());
   }
-  ~ModerationService() {
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/moderations"; }
-  int port() const { return port_; }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
 };
 
-struct Fixture {
-  Fixture() {
-    thread = std::thread([this] { io.run(); });
-  }
-  ~Fixture() {
-    client.reset();
-    work.reset();
-    thread.join();
-  }
-
+struct Fixture : agentserve::agent::testing::ModerationClientHarness {
   ModerationVerdict check(const std::string& url, const std::string& text, bool fail_open = false,
                           std::vector<std::string> secrets = {kSecret},
                           std::chrono::milliseconds timeout = std::chrono::milliseconds(2000)) {
@@ -83,9 +38,7 @@ struct Fixture {
     options.url = url;
     options.secrets = std::move(secrets);
     options.timeout = timeout;
-    auto created = ModerationClient::create(http, options, &stats);
-    REQUIRE(created.ok());
-    client = std::move(created).value();
+    connect(options);
     ModerationRequest request{text, ModerationKind::kOutputText, "t1", "s_1", "r_1"};
     std::promise<ModerationVerdict> promise;
     client->check(request, fail_open, [&](ModerationVerdict v) { promise.set_value(std::move(v)); });
@@ -93,14 +46,6 @@ struct Fixture {
     REQUIRE(future.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
     return future.get();
   }
-
-  boost::asio::io_context io;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work{
-      io.get_executor()};
-  agentserve::net::HttpClient http{io};
-  ModerationStats stats;
-  std::unique_ptr<ModerationClient> client;
-  std::thread thread;
 };
 
 nlohmann::json get_stats(agentserve::net::HttpClient& http, int port) {

@@ -2,32 +2,18 @@
 
 #include <doctest/doctest.h>
 
-#include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 #include "agent/chat_template.h"
+#include "tests/agent/qwen3_tokenizer.h"
+#include "tests/agent/reference_conversations.h"
 
 namespace agentserve::agent {
 namespace {
 
-const engine::Tokenizer& qwen3_tokenizer() {
-  static const engine::Tokenizer tokenizer = [] {
-    auto loaded = engine::Tokenizer::load(AGENTSERVE_TOKENIZER_DIR);
-    REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
-    return *loaded;
-  }();
-  return tokenizer;
-}
-
-Json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "cannot open " << path);
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return Json::parse(buffer.str());
-}
+using testing::qwen3_tokenizer;
+using testing::reference_conversations;
+using testing::ReferenceConversation;
 
 RenderedPrompt render(const std::vector<Message>& messages, const Json& tools = nullptr,
                       ChatTemplateOptions options = {}) {
@@ -78,18 +64,10 @@ std::vector<int32_t> added_ids(std::span<const int32_t> ids) {
 }
 
 TEST_CASE("render_chat_with_literals renders the same text as render_chat, literals in order") {
-  const Json conversations =
-      read_json(std::filesystem::path(AGENTSERVE_SOURCE_DIR) / "tests/reference/chat_conversations.json");
-  for (const Json& conversation : conversations) {
-    CAPTURE(conversation.at("name").get<std::string>());
-    auto messages = parse_messages(conversation.at("messages"));
-    REQUIRE(messages.ok());
-    ChatTemplateOptions options;
-    options.add_generation_prompt = conversation.value("add_generation_prompt", false);
-    options.enable_thinking = conversation.value("enable_thinking", true);
-    const Json tools = conversation.value("tools", Json(nullptr));
-    auto plain = render_chat(*messages, tools, options);
-    auto with_literals = render_chat_with_literals(*messages, tools, options);
+  for (const ReferenceConversation& c : reference_conversations()) {
+    CAPTURE(c.name);
+    auto plain = render_chat(c.messages, c.tools, c.options);
+    auto with_literals = render_chat_with_literals(c.messages, c.tools, c.options);
     REQUIRE(plain.ok());
     REQUIRE(with_literals.ok());
     CHECK(with_literals->text == *plain);
@@ -104,17 +82,10 @@ TEST_CASE("render_chat_with_literals renders the same text as render_chat, liter
 }
 
 TEST_CASE("safe prompt ids equal Hugging Face's plain encoding on the chat golden conversations") {
-  const Json conversations =
-      read_json(std::filesystem::path(AGENTSERVE_SOURCE_DIR) / "tests/reference/chat_conversations.json");
   int compared = 0;
-  for (const Json& conversation : conversations) {
-    CAPTURE(conversation.at("name").get<std::string>());
-    auto messages = parse_messages(conversation.at("messages"));
-    REQUIRE(messages.ok());
-    ChatTemplateOptions options;
-    options.add_generation_prompt = conversation.value("add_generation_prompt", false);
-    options.enable_thinking = conversation.value("enable_thinking", true);
-    const RenderedPrompt prompt = render(*messages, conversation.value("tools", Json(nullptr)), options);
+  for (const ReferenceConversation& c : reference_conversations()) {
+    CAPTURE(c.name);
+    const RenderedPrompt prompt = render(c.messages, c.tools, c.options);
     const std::vector<int32_t> safe = encode_prompt(qwen3_tokenizer(), prompt);
     CHECK(qwen3_tokenizer().decode(safe) == prompt.text);
     check_no_added_token_in_literals(safe, prompt.literals);

@@ -7,7 +7,9 @@
 
 #include "agent/tool_call_constraint.h"
 #include "engine/engine.h"
+#include "tests/agent/qwen3_tokenizer.h"
 #include "tests/agent/schema_instances.h"
+#include "tests/agent/tiny_engine.h"
 #include "tests/engine/test_models.h"
 
 namespace agentserve::agent {
@@ -15,18 +17,10 @@ namespace {
 
 using testing::dumps;
 using testing::json;
+using testing::qwen3_tokenizer;
 using testing::random_instance;
 using testing::typical_tool_schemas;
 using testing::validates;
-
-const engine::Tokenizer& qwen3_tokenizer() {
-  static const engine::Tokenizer tokenizer = [] {
-    auto t = engine::Tokenizer::load(AGENTSERVE_TOKENIZER_DIR);
-    REQUIRE_MESSAGE(t.ok(), t.status().to_string());
-    return std::move(*t);
-  }();
-  return tokenizer;
-}
 
 std::shared_ptr<const VocabularyIndex> qwen3_index() {
   static const auto index = std::make_shared<const VocabularyIndex>(qwen3_tokenizer(), 151936);
@@ -172,12 +166,7 @@ Generated generate(engine::Engine& e, std::vector<int32_t> prompt, engine::Sampl
 }
 
 TEST_CASE("the random tiny model, constrained, always emits tool calls that parse and validate") {
-  engine::EngineOptions options;
-  options.model_dir = engine::testing::test_model_dir("tiny", engine::DType::kF32, 7);
-  options.n_threads = 2;
-  options.kv_cache_bytes = size_t{64} << 20;
-  auto e = engine::Engine::open(options);
-  REQUIRE(e.ok());
+  const std::unique_ptr<engine::Engine> e = testing::open_tiny_engine();
   const auto tools = demo_tools();
   auto compiled = CompiledConstraint::for_tool_calls(qwen3_index(), tools,
                                                      {.max_calls = 2, .max_string_length = 12}, {im_end()});
@@ -189,7 +178,7 @@ TEST_CASE("the random tiny model, constrained, always emits tool calls that pars
     params.max_tokens = 400;
     params.temperature = run % 3 == 0 ? 0.0 : 1.0;
     params.seed = static_cast<uint64_t>(run);
-    const Generated g = generate(**e, engine::testing::random_ids(rng, 8), params, (*compiled)->start());
+    const Generated g = generate(*e, engine::testing::random_ids(rng, 8), params, (*compiled)->start());
     REQUIRE(!g.tokens.empty());
     if (g.reason != engine::FinishReason::kStop) {
       CHECK(g.reason == engine::FinishReason::kLength);

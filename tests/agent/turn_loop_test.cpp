@@ -3,11 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <thread>
 
+#include "tests/agent/scripted_turn.h"
+#include "tests/agent/tiny_engine.h"
 #include "tests/engine/test_models.h"
 
 namespace agentserve::agent {
@@ -15,109 +15,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-const engine::Tokenizer& qwen3_tokenizer() {
-  static const engine::Tokenizer tokenizer = [] {
-    auto loaded = engine::Tokenizer::load(AGENTSERVE_TOKENIZER_DIR);
-    REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
-    return *loaded;
-  }();
-  return tokenizer;
-}
-
-// The session's strand, run by the test thread: tasks posted from any thread run inside run_until().
-class ManualExecutor {
- public:
-  Executor executor() {
-    return [this](std::function<void()> task) {
-      {
-        std::lock_guard lock(mutex_);
-        tasks_.push_back(std::move(task));
-      }
-      wake_.notify_one();
-    };
-  }
-  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = 20000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!done()) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mutex_);
-        if (!wake_.wait_until(lock, deadline, [&] { return !tasks_.empty(); })) return false;
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      task();
-    }
-    return true;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-};
-
-// "Generates" the next scripted text per request, in small pieces, ending with <|im_end|>. kHang emits a
-// first piece and then nothing until cancelled.
-class ScriptedGenerator final : public TurnGenerator {
- public:
-  static constexpr const char* kHang = "\x01hang";
-
-  explicit ScriptedGenerator(std::vector<std::string> scripts) : scripts_(std::move(scripts)) {}
-
-  Result<engine::RequestId> start(engine::GenerationRequest request) override {
-    if (next_ >= scripts_.size()) return Status::failed_precondition("no script left");
-    const std::string script = scripts_[next_++];
-    prompts.push_back(request.prompt);
-    constraints.push_back(request.constraint != nullptr);
-    const engine::RequestId id = next_;
-    if (script == kHang) {
-      engine::GenerationEvent event;
-      event.request_id = id;
-      event.text = "Partial ";
-      event.tokens = qwen3_tokenizer().encode(event.text);
-      hanging_ = std::move(request.on_event);
-      hanging_(event);
-      return id;
-    }
-    const std::vector<int32_t> ids = qwen3_tokenizer().encode(script);
-    for (std::size_t at = 0; at < script.size(); at += 7) {
-      engine::GenerationEvent event;
-      event.request_id = id;
-      event.text = script.substr(at, 7);
-      if (at == 0) event.tokens = ids;
-      request.on_event(event);
-    }
-    engine::GenerationEvent last;
-    last.request_id = id;
-    last.finished = true;
-    last.finish_reason = engine::FinishReason::kStop;
-    last.tokens = {*qwen3_tokenizer().token_to_id("<|im_end|>")};
-    last.usage.prompt_tokens = static_cast<int>(request.prompt.size());
-    last.usage.completion_tokens = static_cast<int>(ids.size()) + 1;
-    request.on_event(last);
-    return id;
-  }
-  void cancel(engine::RequestId) override {
-    cancelled = true;
-    if (!hanging_) return;
-    engine::GenerationEvent event;
-    event.finished = true;
-    event.finish_reason = engine::FinishReason::kCancelled;
-    hanging_(event);
-    hanging_ = nullptr;
-  }
-  const engine::Tokenizer& tokenizer() const override { return qwen3_tokenizer(); }
-
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<bool> constraints;
-  bool cancelled = false;
-
- private:
-  std::vector<std::string> scripts_;
-  std::size_t next_ = 0;
-  engine::EventCallback hanging_;
-};
+using testing::ManualExecutor;
+using testing::qwen3_tokenizer;
+using testing::ScriptedGenerator;
 
 class RecordingSink final : public TurnSink {
  public:
@@ -252,10 +152,6 @@ struct Harness {
   std::shared_ptr<TurnLoop> loop;
 };
 
-std::string decoded_prompt(const Harness& h, std::size_t step) {
-  return qwen3_tokenizer().decode(h.generator.prompts.at(step));
-}
-
 TEST_CASE("a final answer in one step streams text and reasoning and commits one assistant message") {
   Harness h({"<think>\nhmm\n</think>\n\nHello there."});
   REQUIRE(h.loop->start().ok());
@@ -270,7 +166,7 @@ TEST_CASE("a final answer in one step streams text and reasoning and commits one
   CHECK(answer.content == "Hello there.");
   CHECK(answer.reasoning_content == "hmm");
   CHECK(h.sink.outcome->token_ids.back() == *qwen3_tokenizer().token_to_id("<|im_end|>"));
-  CHECK(decoded_prompt(h, 0).find("\"name\": \"add\"") != std::string::npos);  // tools rendered
+  CHECK(h.generator.prompt_text(0).find("\"name\": \"add\"") != std::string::npos);  // tools rendered
 }
 
 TEST_CASE("a server tool call runs, its result is appended, and the next step reuses the whole sequence") {
@@ -287,7 +183,7 @@ TEST_CASE("a server tool call runs, its result is appended, and the next step re
   CHECK(committed[1].role == Role::kTool);
   CHECK(committed[1].content == "5");
   CHECK(committed[2].content == "The sum is 5.");
-  CHECK(decoded_prompt(h, 1).find("<tool_response>\n5\n</tool_response>") != std::string::npos);
+  CHECK(h.generator.prompt_text(1).find("<tool_response>\n5\n</tool_response>") != std::string::npos);
   // Step 2's prompt starts with everything step 1 saw and generated.
   const auto& usage = h.sink.outcome->step_usage;
   REQUIRE(usage.size() == 2);
@@ -327,7 +223,7 @@ TEST_CASE("a client call asks for action, the delivered output continues the loo
   REQUIRE(h.run_to_end());
   CHECK(h.sink.outcome->status == TurnStatus::kCompleted);
   CHECK(h.sink.committed().at(1).content == "Paris");
-  CHECK(decoded_prompt(h, 1).find("<tool_response>\nParis\n</tool_response>") != std::string::npos);
+  CHECK(h.generator.prompt_text(1).find("<tool_response>\nParis\n</tool_response>") != std::string::npos);
 }
 
 TEST_CASE("a missed client deadline resolves the call as an error result and the loop goes on") {
@@ -355,7 +251,7 @@ TEST_CASE("max_steps ends a loop that keeps calling tools as incomplete, results
 }
 
 TEST_CASE("cancel mid-generation cancels the request and ends the response once") {
-  Harness h({ScriptedGenerator::kHang});
+  Harness h({ScriptedGenerator::hanging("Partial ")});
   REQUIRE(h.loop->start().ok());
   REQUIRE(h.executor.run_until([&] { return h.sink.text == "Partial "; }));
   h.loop->cancel();
@@ -463,7 +359,7 @@ TEST_CASE("tool_choice none renders no tools and refuses a call the model makes 
   Harness h({call_text("add", R"({"a": 2, "b": 3})")}, std::move(options));
   REQUIRE(h.loop->start().ok());
   REQUIRE(h.run_to_end());
-  CHECK(decoded_prompt(h, 0).find("# Tools") == std::string::npos);
+  CHECK(h.generator.prompt_text(0).find("# Tools") == std::string::npos);
   CHECK(h.sink.outcome->status == TurnStatus::kFailed);
   CHECK(h.sink.log == std::vector<std::string>{"call_error FailedPrecondition"});
   CHECK(h.runner.runs == 0);
@@ -509,13 +405,8 @@ TEST_CASE("tool_choice required/named needs a constraint factory and constrains 
 }
 
 TEST_CASE("through the real engine: a response ends, and the next response reuses its ids and KV") {
-  engine::EngineOptions engine_options;
-  engine_options.model_dir = engine::testing::test_model_dir("tiny", engine::DType::kF32, 7);
-  engine_options.n_threads = 2;
-  engine_options.kv_cache_bytes = size_t{64} << 20;
-  auto opened = engine::Engine::open(engine_options);
-  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
-  EngineTurnGenerator generator(**opened);
+  const std::unique_ptr<engine::Engine> tiny = testing::open_tiny_engine();
+  EngineTurnGenerator generator(*tiny);
   ManualExecutor executor;
   TurnLoopOptions options;
   options.tools = {add_tool()};

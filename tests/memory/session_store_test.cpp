@@ -1,9 +1,6 @@
 #include "memory/session_store.h"
 
 #include <doctest/doctest.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,8 +13,7 @@
 #include <vector>
 
 #include "memory/kv_store.h"
-
-extern char** environ;
+#include "tests/self_child_process.h"
 
 namespace agentserve::memory {
 namespace {
@@ -228,60 +224,9 @@ TEST_CASE("lock child: holds the database open until killed" * doctest::skip()) 
   run_lock_child(db);
 }
 
-struct Child {
-  pid_t pid = -1;
-  int out = -1;
-};
-
-Child spawn_self(std::vector<std::string> env_assignments, const std::string& test_case) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  std::vector<char*> envp;
-  for (char** e = environ; *e; ++e) envp.push_back(*e);
-  for (auto& a : env_assignments) envp.push_back(a.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::string filter = "--test-case=" + test_case;
-  std::string no_skip = "--no-skip";
-  char* argv[] = {self.data(), filter.data(), no_skip.data(), nullptr};
-  Child c;
-  REQUIRE(posix_spawn(&c.pid, self.c_str(), &actions, nullptr, argv, envp.data()) == 0);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  c.out = fds[0];
-  return c;
-}
-
-// Reads what the child printed within `ms` (or until EOF when ms < 0).
-void read_for(int fd, int ms, std::string& into) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  char buf[4096];
-  for (;;) {
-    int wait = -1;
-    if (ms >= 0) {
-      auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return;
-      wait = static_cast<int>(left.count());
-    }
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, wait) <= 0) return;
-    ssize_t n = read(fd, buf, sizeof buf);
-    if (n <= 0) return;
-    into.append(buf, static_cast<size_t>(n));
-  }
-}
-
-int kill_and_reap(const Child& c) {
-  kill(c.pid, SIGKILL);
-  int status = 0;
-  waitpid(c.pid, &status, 0);
-  return status;
-}
+using agentserve::testing::kill_and_reap;
+using agentserve::testing::read_child_for;
+using agentserve::testing::spawn_self;
 
 TEST_CASE("kill -9 at random moments never loses a committed turn nor leaves half of one") {
   TempDir dir;
@@ -294,11 +239,11 @@ TEST_CASE("kill -9 at random moments never loses a committed turn nor leaves hal
     // Odd rounds write KV through the WAL too, even rounds skip it (the default).
     std::vector<std::string> env{std::string(kCrashChildEnv) + "=" + db};
     if (round % 2 == 1) env.push_back(std::string(kCrashChildWalEnv) + "=1");
-    Child child = spawn_self(env, "crash child*");
+    const agentserve::testing::SelfChild child = spawn_self(env, "crash child*");
     std::string printed;
-    read_for(child.out, 40 + static_cast<int>(rng() % 260), printed);
+    read_child_for(child.out, 40 + static_cast<int>(rng() % 260), printed);
     int status = kill_and_reap(child);
-    read_for(child.out, -1, printed);  // lines written before the kill are still in the pipe
+    read_child_for(child.out, -1, printed);  // lines written before the kill are still in the pipe
     close(child.out);
     REQUIRE_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL),
                     "child ended on its own with status ", status);
@@ -353,10 +298,11 @@ TEST_CASE("kill -9 at random moments never loses a committed turn nor leaves hal
 TEST_CASE("a database held by another process is refused as FailedPrecondition") {
   TempDir dir;
   const std::string db = (dir.path / "db").string();
-  Child child = spawn_self({std::string(kLockChildEnv) + "=" + db}, "lock child*");
+  const agentserve::testing::SelfChild child =
+      spawn_self({std::string(kLockChildEnv) + "=" + db}, "lock child*");
   std::string printed;
   for (int waited = 0; printed.find('\n') == std::string::npos && waited < 10000; waited += 20) {
-    read_for(child.out, 20, printed);
+    read_child_for(child.out, 20, printed);
   }
   REQUIRE(printed == "open\n");
   auto second = RocksDbStore::open(StoreOptions{.path = db});

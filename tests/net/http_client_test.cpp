@@ -42,6 +42,13 @@ struct IoThreads {
   std::vector<std::thread> threads;
 };
 
+// A plain-HTTP loopback server and a client with its own io threads, for the tests that need nothing else.
+struct LoopbackClient {
+  LoopbackHttpServer server;
+  IoThreads io;
+  HttpClient client{io.io};
+};
+
 HttpRequest get(const std::string& url, std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
   HttpRequest r;
   r.method = "GET";
@@ -56,26 +63,33 @@ std::string header(const HttpResponse& res, const std::string& name) {
   return "";
 }
 
-// A self-signed certificate (P-256, a day long) for `san`, made with the openssl CLI into `dir`.
-bool make_certificate(const std::filesystem::path& dir, const std::string& san) {
+// A scratch folder `name` holding a self-signed certificate (P-256, a day long) for `san`, made with the
+// openssl CLI: cert.pem and key.pem.
+std::filesystem::path certificate_dir(const std::string& name, const std::string& san) {
+  const auto dir = agentserve::testing::scratch_dir("http_client_test", name);
   const std::string command =
       "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
       " -subj /CN=agentserve-test -addext subjectAltName=" +
       san + " -keyout " + (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() +
       " 2>/dev/null";
-  return std::system(command.c_str()) == 0;
+  REQUIRE_MESSAGE(std::system(command.c_str()) == 0, "openssl could not make a certificate");
+  return dir;
+}
+
+// Client options that trust the certificate in `dir` besides the system store.
+agentserve::net::HttpClientOptions trusting(const std::filesystem::path& dir) {
+  agentserve::net::HttpClientOptions options;
+  options.extra_ca_file = (dir / "cert.pem").string();
+  return options;
 }
 
 }  // namespace
 
 TEST_CASE("http client speaks TLS to a server whose certificate it trusts, and checks the host name") {
-  const auto dir = agentserve::testing::scratch_dir("http_client_test", "tls");
-  REQUIRE(make_certificate(dir, "DNS:localhost,IP:127.0.0.1"));
+  const auto dir = certificate_dir("tls", "DNS:localhost,IP:127.0.0.1");
   LoopbackHttpServer server((dir / "cert.pem").string(), (dir / "key.pem").string());
   IoThreads io;
-  agentserve::net::HttpClientOptions trusting;
-  trusting.extra_ca_file = (dir / "cert.pem").string();
-  HttpClient client(io.io, trusting);
+  HttpClient client(io.io, trusting(dir));
   for (const std::string host : {"localhost", "127.0.0.1"}) {
     HttpRequest req;
     req.url = "https://" + host + ":" + std::to_string(server.port()) + "/echo";
@@ -97,13 +111,10 @@ TEST_CASE("http client speaks TLS to a server whose certificate it trusts, and c
 }
 
 TEST_CASE("http client refuses a trusted certificate issued for another host name") {
-  const auto dir = agentserve::testing::scratch_dir("http_client_test", "tls_other");
-  REQUIRE(make_certificate(dir, "DNS:other.example"));
+  const auto dir = certificate_dir("tls_other", "DNS:other.example");
   LoopbackHttpServer server((dir / "cert.pem").string(), (dir / "key.pem").string());
   IoThreads io;
-  agentserve::net::HttpClientOptions trusting;
-  trusting.extra_ca_file = (dir / "cert.pem").string();
-  HttpClient client(io.io, trusting);
+  HttpClient client(io.io, trusting(dir));
   auto res = client.request(get(server.url("/echo")));
   REQUIRE_FALSE(res.ok());
   CHECK(res.status().code() == StatusCode::kIoError);
@@ -118,10 +129,7 @@ TEST_CASE("an unreadable extra CA file fails https requests with IoError, not th
   CHECK(res.status().code() == StatusCode::kIoError);
 }
 
-TEST_CASE("http client posts a body and reads the response") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client posts a body and reads the response") {
   HttpRequest req;
   req.url = server.url("/echo");
   req.body = "{\"input\":\"hello\"}";
@@ -133,10 +141,7 @@ TEST_CASE("http client posts a body and reads the response") {
   CHECK(header(*res, "x-method") == "POST");
 }
 
-TEST_CASE("http client reuses one kept-alive connection for sequential requests") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client reuses one kept-alive connection for sequential requests") {
   for (int i = 0; i < 5; ++i) {
     auto res = client.request(get(server.url("/echo")));
     REQUIRE(res.ok());
@@ -146,19 +151,15 @@ TEST_CASE("http client reuses one kept-alive connection for sequential requests"
   CHECK(server.accepted() == 1);
 }
 
-TEST_CASE("http client opens a new connection after the server said Connection: close") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient,
+                  "http client opens a new connection after the server said Connection: close") {
   REQUIRE(client.request(get(server.url("/close"))).ok());
   REQUIRE(client.request(get(server.url("/echo"))).ok());
   CHECK(server.accepted() == 2);
 }
 
-TEST_CASE("http client resends once when a pooled connection was closed by the server while idle") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient,
+                  "http client resends once when a pooled connection was closed by the server while idle") {
   auto first = client.request(get(server.url("/drop")));
   REQUIRE(first.ok());
   CHECK(first->body == "dropped");
@@ -169,10 +170,7 @@ TEST_CASE("http client resends once when a pooled connection was closed by the s
   CHECK(server.accepted() == 2);
 }
 
-TEST_CASE("http client ends a slow request at its deadline with DeadlineExceeded") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client ends a slow request at its deadline with DeadlineExceeded") {
   const auto start = std::chrono::steady_clock::now();
   auto res = client.request(get(server.url("/slow?ms=800"), std::chrono::milliseconds(150)));
   const auto elapsed = std::chrono::steady_clock::now() - start;
@@ -185,10 +183,7 @@ TEST_CASE("http client ends a slow request at its deadline with DeadlineExceeded
   CHECK(server.accepted() == 2);
 }
 
-TEST_CASE("http client refuses a response body past max_response_bytes") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client refuses a response body past max_response_bytes") {
   HttpRequest big = get(server.url("/big?n=100000"));
   big.max_response_bytes = 1000;
   auto res = client.request(big);
@@ -215,10 +210,7 @@ TEST_CASE("http client reports connection refused as IoError") {
   CHECK(res.status().code() == StatusCode::kIoError);
 }
 
-TEST_CASE("http client returns a 3xx as it is and never follows it") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client returns a 3xx as it is and never follows it") {
   auto res = client.request(get(server.url("/redirect")));
   REQUIRE(res.ok());
   CHECK(res->status == 302);
@@ -226,10 +218,8 @@ TEST_CASE("http client returns a 3xx as it is and never follows it") {
   CHECK(server.requests() == 1);
 }
 
-TEST_CASE("http client runs many concurrent requests, each callback exactly once with its own body") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient,
+                  "http client runs many concurrent requests, each callback exactly once with its own body") {
   constexpr int kRequests = 64;
   std::mutex mutex;
   std::condition_variable cv;
@@ -262,10 +252,7 @@ TEST_CASE("http client runs many concurrent requests, each callback exactly once
   CHECK(server.accepted() == accepted_before);
 }
 
-TEST_CASE("http client fails cleanly on an https URL served by a plain HTTP server") {
-  LoopbackHttpServer server;
-  IoThreads io;
-  HttpClient client(io.io);
+TEST_CASE_FIXTURE(LoopbackClient, "http client fails cleanly on an https URL served by a plain HTTP server") {
   auto res = client.request(get("https://127.0.0.1:" + std::to_string(server.port()) + "/echo"));
   REQUIRE_FALSE(res.ok());
   CHECK(res.status().code() == StatusCode::kIoError);
