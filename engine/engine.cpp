@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <future>
 
+#include <pthread.h>
+
 #include "engine/weight_manifest.h"
 #include "spdlog/spdlog.h"
 
@@ -228,11 +230,14 @@ void Engine::cancel(RequestId id) {
 }
 
 void Engine::run() {
+  // Named so per-thread CPU (top -H, /proc/PID/task) tells the engine from io and storage threads.
+  ::pthread_setname_np(::pthread_self(), "as-engine");
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock,
-                 [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !scheduler_->idle(); });
+      wake_.wait(lock, [&] {
+        return stopping_ || !inbox_.empty() || !cancels_.empty() || !persists_.empty() || !scheduler_->idle();
+      });
       if (stopping_) break;
     }
     drain_inbox();
@@ -249,12 +254,19 @@ void Engine::run() {
 void Engine::drain_inbox() {
   std::vector<std::unique_ptr<Sequence>> arrived;
   std::vector<RequestId> cancels;
+  std::vector<PersistJob> persists;
   {
     std::lock_guard lock(mutex_);
     arrived.swap(inbox_);
     cancels.swap(cancels_);
+    persists.swap(persists_);
   }
   std::lock_guard model_lock(model_mutex_);
+  // Between steps T0 holds every committed block intact, so the copies persist takes are consistent.
+  for (PersistJob& job : persists) {
+    tiers_->persist(job.tokens, job.salt, *blocks_,
+                    [done = std::move(job.done)](Result<int> stored) { done->set_value(std::move(stored)); });
+  }
   for (auto& seq : arrived) {
     Sequence* raw = seq.get();
     live_.emplace(raw->id, std::move(seq));
@@ -436,6 +448,25 @@ void Engine::unpin(const std::string& pin_id) {
 
 void Engine::discard(std::vector<int32_t> tokens, std::string cache_salt, int from_token) {
   if (tiers_) tiers_->discard(tokens, memory::make_salt(fingerprint_, cache_salt), from_token);
+}
+
+std::future<Result<int>> Engine::persist(std::vector<int32_t> tokens, std::string cache_salt) {
+  auto done = std::make_shared<std::promise<Result<int>>>();
+  std::future<Result<int>> result = done->get_future();
+  if (!tiers_) {
+    done->set_value(0);
+    return result;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+      done->set_value(Status::failed_precondition("engine is shutting down"));
+      return result;
+    }
+    persists_.push_back({std::move(tokens), memory::make_salt(fingerprint_, cache_salt), std::move(done)});
+  }
+  wake_.notify_one();
+  return result;
 }
 
 void Engine::sync_kv_tiers() {

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -134,6 +135,12 @@ class Engine {
   // discard: removes the chain's blocks from block from_token / block_size on from T1 and T2 (pass the end
   // of the prefix other sessions share, so shared blocks stay). Blocks T0 still caches stay there.
   void discard(std::vector<int32_t> tokens, std::string cache_salt, int from_token);
+  // persist: write-through on commit. Makes the chain's full blocks that T0 or T1 hold durable in T2 (a
+  // synced write; see KvTiers::persist), so a crash of the process loses none of them. Returns at once;
+  // the future gives the number of leading chain blocks T2 then holds (0 without T2), or the write's
+  // error, or FailedPrecondition when the engine is shutting down. Never wait on it on the engine thread
+  // (an on_event callback).
+  std::future<Result<int>> persist(std::vector<int32_t> tokens, std::string cache_salt);
   // Waits until the tiers' queued work (spills, prefetches, discards) is done. For tests and benchmarks.
   void sync_kv_tiers();
 
@@ -176,6 +183,12 @@ class Engine {
   std::condition_variable wake_;
   std::vector<std::unique_ptr<Sequence>> inbox_;
   std::vector<RequestId> cancels_;
+  struct PersistJob {
+    std::vector<int32_t> tokens;
+    memory::BlockKey salt;
+    std::shared_ptr<std::promise<Result<int>>> done;
+  };
+  std::vector<PersistJob> persists_;
   bool stopping_ = false;
   RequestId next_id_ = 1;
   // Owned by the engine thread (model_mutex_ lets score() borrow the model between steps).

@@ -419,6 +419,78 @@ void KvTiers::discard_job(const std::vector<memory::BlockKey>& keys) {
   counters_.discarded_blocks += removed;
 }
 
+void KvTiers::persist(std::span<const int32_t> tokens, const memory::BlockKey& salt,
+                      const memory::BlockManager& blocks, std::function<void(Result<int>)> done) {
+  if (!disk_) {
+    done(0);
+    return;
+  }
+  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
+  std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
+  std::vector<PendingPtr> copies;
+  size_t held = 0;
+  for (; held < keys.size(); ++held) {
+    const memory::BlockKey& key = keys[held];
+    const std::span<const int32_t> ids = tokens.subspan(held * bs, bs);
+    // Already in T2: make_durable flushes it if it was a cache write still in the memtable.
+    if (disk_->contains(key)) continue;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = pending_.find(key); it != pending_.end() && std::ranges::equal(it->second->tokens, ids)) {
+        copies.push_back(it->second);
+        continue;
+      }
+    }
+    auto copy = std::make_shared<PendingBlock>();
+    copy->key = key;
+    copy->tokens.assign(ids.begin(), ids.end());
+    if (const int block = blocks.pool().lookup(key, ids); block >= 0) {
+      const std::span<const std::byte> bytes = arena_.block_bytes(block);
+      copy->payload.assign(bytes.begin(), bytes.end());
+    } else if (host_) {
+      copy->payload.resize(arena_.layout().block_bytes());
+      if (!host_->get(key, ids, copy->payload).ok()) break;
+    } else {
+      break;  // no tier holds it: the chain's KV ends here
+    }
+    copies.push_back(std::move(copy));
+  }
+  keys.resize(held);
+  storage_->post([this, keys = std::move(keys), copies = std::move(copies), done = std::move(done)] {
+    done(persist_job(keys, copies));
+  });
+}
+
+Result<int> KvTiers::persist_job(const std::vector<memory::BlockKey>& keys,
+                                 const std::vector<PendingPtr>& copies) {
+  std::vector<memory::KvSpillBlock> batch;
+  int64_t bytes = 0;
+  auto write = [&]() -> Status {
+    if (batch.empty()) return Status::ok_status();
+    Status status = disk_->put_batch(batch, memory::Durability::kSynced);
+    note_disk_write(status, batch.size());
+    if (status.ok()) {
+      for (const memory::KvSpillBlock& b : batch) bytes += static_cast<int64_t>(b.payload.size());
+    }
+    batch.clear();
+    return status;
+  };
+  for (const PendingPtr& p : copies) {
+    if (disk_->contains(p->key)) continue;  // a spill queued before this job wrote it
+    batch.push_back({.key = p->key, .tokens = p->tokens, .payload = p->payload});
+    if (batch.size() == kIoBatchBlocks) AS_RETURN_IF_ERROR(write());
+  }
+  AS_RETURN_IF_ERROR(write());
+  {
+    std::lock_guard lock(mu_);
+    counters_.disk_bytes_spilled += bytes;
+  }
+  AS_RETURN_IF_ERROR(disk_->make_durable(keys));
+  int stored = 0;
+  while (stored < static_cast<int>(keys.size()) && disk_->contains(keys[static_cast<size_t>(stored)])) ++stored;
+  return stored;
+}
+
 void KvTiers::sync() {
   if (!storage_) return;
   submit_spills();

@@ -24,6 +24,11 @@
 // per kWarnEvery) and sets disk_spill_stalled; serving continues (the blocks are just not kept), and the
 // next write after the pause probes again, resuming (and logging so) when it succeeds.
 //
+// Write-through on commit: persist(tokens) makes the chain's full blocks durable in T2 without waiting for
+// eviction: on the engine thread it copies the blocks T2 lacks from T0, T1 or the staging queue, and the
+// storage thread writes them with a synced WAL and flushes the kv family if earlier cache writes of the
+// chain may still sit only in the memtable. Its callback then says how many chain blocks T2 holds durably.
+//
 // It never hands out a block that failed its checks (checksum, model, layout, tokens): that is a miss, and
 // the KV gets recomputed. spill/load/flush belong to the engine thread; prefetch, pin, unpin, discard,
 // sync and counters may be called from any thread.
@@ -33,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -116,6 +122,12 @@ class KvTiers final : public memory::BlockSource {
   bool load(const memory::BlockKey& key, std::span<const int32_t> tokens, int block) override;
   int load_chain(std::span<const memory::BlockLoad> loads) override;
 
+  // Engine thread, between steps. Makes the leading full blocks of the chain of `tokens` under `salt` that
+  // any tier holds durable in T2 (see above), then calls `done` on the storage thread with the number of
+  // leading chain blocks T2 holds, or the write's error. Without T2, `done` gets 0 at once.
+  void persist(std::span<const int32_t> tokens, const memory::BlockKey& salt,
+               const memory::BlockManager& blocks, std::function<void(Result<int>)> done);
+
   // Writes every block T0 and T1 still cache to T2 (those it does not hold yet), after the storage queue.
   // Call on a clean close, when no sequence writes T0 any more. OK when there is no T2.
   Status flush(const memory::BlockManager& blocks);
@@ -156,6 +168,7 @@ class KvTiers final : public memory::BlockSource {
   void write_job(const std::vector<PendingPtr>& batch);
   void prefetch_job(const std::vector<memory::BlockKey>& keys, const std::vector<int32_t>& tokens);
   void discard_job(const std::vector<memory::BlockKey>& keys);
+  Result<int> persist_job(const std::vector<memory::BlockKey>& keys, const std::vector<PendingPtr>& copies);
   void maybe_reclaim();
   // Writes the blocks T2 lacks as one batch; counts what it wrote or why it could not.
   Status write_disk(std::span<const memory::KvSpillBlock> blocks);

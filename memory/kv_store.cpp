@@ -117,7 +117,7 @@ Status KvStore::load_index() {
   return Status::ok_status();
 }
 
-Status KvStore::put_batch(std::span<const KvSpillBlock> blocks) {
+Status KvStore::put_batch(std::span<const KvSpillBlock> blocks, Durability durability) {
   // Encode outside the lock: it copies and hashes every payload.
   std::vector<std::string> encoded(blocks.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -162,8 +162,20 @@ Status KvStore::put_batch(std::span<const KvSpillBlock> blocks) {
     batch.Put(cf_, record_key(kBlockPrefix, blocks[i].key), encoded[i]);
     batch.Put(cf_, record_key(kMetaPrefix, blocks[i].key), meta_value(encoded[i].size(), ticks[i]));
   }
-  // A crash may lose the newest blocks, which only costs recompute.
-  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv put batch"));
+  // A crash may lose the newest cache writes, which only costs recompute; synced ones it may not lose.
+  rocksdb::WriteOptions options = write_options_;
+  if (durability == Durability::kSynced) {
+    options.disableWAL = false;
+    options.sync = true;
+  }
+  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(options, &batch), "kv put batch"));
+  if (options.disableWAL && !volatile_overflow_) {
+    for (const KvSpillBlock& b : blocks) volatile_keys_.insert(b.key);
+    if (volatile_keys_.size() > kMaxVolatileKeys) {
+      volatile_keys_.clear();
+      volatile_overflow_ = true;
+    }
+  }
 
   for (const BlockKey& v : victims) forget_locked(index_.find(v));
   counters_.evictions += static_cast<int64_t>(victims.size());
@@ -321,6 +333,25 @@ Status KvStore::reclaim() {
   erased_bytes_ = 0;
   ++counters_.reclaims;
   return Status::ok_status();
+}
+
+Status KvStore::make_durable(std::span<const BlockKey> keys) {
+  {
+    std::lock_guard lock(mu_);
+    const bool needed = volatile_overflow_ || std::ranges::any_of(keys, [this](const BlockKey& k) {
+                          return volatile_keys_.contains(k);
+                        });
+    if (!needed) return Status::ok_status();
+    // The flush covers every write made before it starts; writes after this point are tracked anew.
+    volatile_keys_.clear();
+    volatile_overflow_ = false;
+  }
+  Status flushed = from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush for durability");
+  if (!flushed.ok()) {
+    std::lock_guard lock(mu_);
+    volatile_overflow_ = true;  // what this flush should have covered is still volatile
+  }
+  return flushed;
 }
 
 Status KvStore::resume() {

@@ -4,6 +4,13 @@
 // Corruption (or FailedPrecondition for an intact block of another model or layout), never returned.
 // Writes skip the WAL unless StoreOptions::kv_write_wal (rocksdb_store.h says why).
 //
+// Durable writes: a caller that must not lose certain blocks to a crash (a session's committed turn) writes
+// them with put_batch(..., Durability::kSynced), which goes through the synced WAL, then calls
+// make_durable(keys): if any of those keys was written earlier without the WAL and may still sit only in
+// the memtable, it flushes the kv family. The store remembers which keys skipped the WAL since its last
+// flush (up to kMaxVolatileKeys; past that it assumes all of them did), so a commit whose blocks were all
+// written durably costs no flush.
+//
 // Disk quota, LRU by last use. Each block has two records in the family:
 //   'b' + key(16 bytes, big-endian hi then lo) -> encoded block (kv_block_codec.h)
 //   'm' + key                                  -> u64 LE encoded size, u64 LE last-use tick
@@ -33,6 +40,7 @@
 #include <mutex>
 #include <span>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "base/status.h"
@@ -67,16 +75,26 @@ struct KvStoreCounters {
   int64_t reclaims = 0;  // reclaim() runs
 };
 
+enum class Durability {
+  kCache,   // as the store is configured: no sync, WAL per StoreOptions::kv_write_wal
+  kSynced,  // through the WAL, synced before put_batch returns
+};
+
 class KvStore {
  public:
+  static constexpr size_t kMaxVolatileKeys = size_t{1} << 16;
+
   // Scans the 'm' records to rebuild the LRU; `store` must outlive the KvStore.
   static Result<std::unique_ptr<KvStore>> open(RocksDbStore& store, const KvBlockFormat& format,
                                                uint64_t quota_bytes);
 
-  // Writes all blocks as one unsynced WriteBatch, evicting LRU blocks to stay within the quota. A key
-  // already stored is replaced. ResourceExhausted (and nothing written) when the batch alone passes the
-  // quota; InvalidArgument when a block does not match the format.
-  Status put_batch(std::span<const KvSpillBlock> blocks);
+  // Writes all blocks as one WriteBatch (unsynced unless kSynced), evicting LRU blocks to stay within the
+  // quota. A key already stored is replaced. ResourceExhausted (and nothing written) when the batch alone
+  // passes the quota; InvalidArgument when a block does not match the format.
+  Status put_batch(std::span<const KvSpillBlock> blocks, Durability durability = Durability::kCache);
+  // Makes the stored blocks among `keys` survive a crash of the process: flushes the kv family when one
+  // of them was written without the WAL since the last flush. Slow when it flushes: storage thread only.
+  Status make_durable(std::span<const BlockKey> keys);
 
   // Copies the verified payload of `key` into `out` (layout.block_bytes() bytes) and marks it used.
   // `tokens`, when non-empty, must equal the stored token ids. NotFound on a miss; Corruption or
@@ -145,6 +163,9 @@ class KvStore {
   uint64_t erased_bytes_ = 0;
   KvStoreCounters counters_;
   KeepPredicate keep_;
+  // Keys whose blocks were written without the WAL since the last flush make_durable() ran.
+  std::unordered_set<BlockKey> volatile_keys_;
+  bool volatile_overflow_ = false;  // more than kMaxVolatileKeys: treat every key as volatile
 };
 
 }  // namespace agentserve::memory

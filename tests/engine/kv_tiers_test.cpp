@@ -2,7 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
 #include <chrono>
 #include <future>
 #include <random>
@@ -13,6 +16,7 @@
 #include "memory/rocksdb_store.h"
 #include "tests/engine/test_models.h"
 #include "tests/scratch_dir.h"
+#include "tests/self_child_process.h"
 
 namespace agentserve::engine {
 namespace {
@@ -427,6 +431,111 @@ TEST_CASE("a full disk quota stops spilling with a counter, serving continues, a
   CHECK(c.disk_bytes_spilled > spilled_before);
   CHECK(c.disk_spill_stalled == 0);
   CHECK(c.disk_usage_bytes <= static_cast<int64_t>(40 * kTinyBlockBytes));
+}
+
+// ---- Write-through on commit, checked across kill -9: a child process (this binary, re-executed) serves
+// a prompt, persists its chain (or not), says so on stdout and waits to be killed with SIGKILL; the
+// parent then opens an engine on the same data_dir without the child's clean close ever running.
+
+constexpr const char* kPersistChildDir = "AGENTSERVE_KV_PERSIST_CHILD_DIR";
+constexpr const char* kPersistChildMode = "AGENTSERVE_KV_PERSIST_CHILD_MODE";
+
+std::vector<int32_t> persist_prompt() {
+  std::mt19937 rng(41);
+  return random_ids(rng, 1000);
+}
+
+// Modes: "t0" persists blocks T0 holds; "t1" first pushes them from a small T0 into host RAM (T1) with
+// traffic, so persist copies them from T1; "t2" pushes them from a small T0 straight to T2, where the
+// spill wrote them without the WAL, so persist must flush them; "none" persists nothing (the control).
+TEST_CASE("persist child: serves, persists, waits for SIGKILL" * doctest::skip()) {
+  const char* dir = std::getenv(kPersistChildDir);
+  const char* mode_env = std::getenv(kPersistChildMode);
+  REQUIRE(dir != nullptr);
+  REQUIRE(mode_env != nullptr);
+  const std::string mode = mode_env;
+  const bool via_host = mode == "t1";
+  const bool small_t0 = via_host || mode == "t2";
+  auto engine = open_engine({.kv_blocks = small_t0 ? 80u : 4096u, .host_blocks = via_host ? 2000u : 0u,
+                             .data_dir = dir});
+  const std::vector<int32_t> prompt = persist_prompt();
+  Generation g = run(*engine, prompt);
+  if (small_t0) {
+    traffic(*engine, 42, 2);
+    engine->sync_kv_tiers();  // "t2": the spills are in T2 now, in the memtable only
+  }
+  int stored = -1;
+  if (mode != "none") {
+    std::vector<int32_t> turn = prompt;
+    turn.insert(turn.end(), g.tokens.begin(), g.tokens.end());
+    Result<int> r = engine->persist(turn, "").get();
+    REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+    stored = *r;
+  }
+  const std::string line = "stored " + std::to_string(stored) + "\n";
+  REQUIRE(::write(STDOUT_FILENO, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+  for (;;) ::pause();  // killed here, with the engine open: no clean close, no flush
+}
+
+struct PersistChild {
+  pid_t pid = -1;
+  std::string printed;
+};
+
+// Runs the child in `mode` until it prints its line, then kills it with SIGKILL.
+PersistChild run_persist_child(const std::filesystem::path& dir, const std::string& mode) {
+  const agentserve::testing::SelfChild self = agentserve::testing::spawn_self(
+      {std::string(kPersistChildDir) + "=" + dir.string(), std::string(kPersistChildMode) + "=" + mode},
+      "persist child*");
+  PersistChild child;
+  child.pid = self.pid;
+  // The child's stdout also carries doctest's banner and the engine's log: wait for the line that counts.
+  auto reported = [](const std::string& s) {
+    const size_t at = s.find("stored ");
+    return at != std::string::npos && s.find('\n', at) != std::string::npos;
+  };
+  agentserve::testing::read_child_until(self.out, 120000, child.printed, reported);
+  ::close(self.out);
+  if (reported(child.printed)) {
+    const size_t at = child.printed.find("stored ");
+    child.printed = child.printed.substr(at, child.printed.find('\n', at) + 1 - at);
+  }
+  const int status = agentserve::testing::kill_and_reap(self);
+  CHECK_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL), "child ended with status ", status);
+  return child;
+}
+
+TEST_CASE("persisted blocks survive kill -9: the next engine restores every full block of the chain") {
+  const std::vector<int32_t> prompt = persist_prompt();
+  // The reference: an engine without tiers, never killed.
+  std::vector<int32_t> turn = prompt;
+  std::vector<int32_t> reference_next;
+  {
+    auto plain = open_engine({});
+    const Generation g = run(*plain, prompt);
+    turn.insert(turn.end(), g.tokens.begin(), g.tokens.end());
+    reference_next = run(*plain, turn).tokens;
+  }
+  // 1,000 prompt tokens + 6 sampled: the KV of the first 1,005 exists, 62 full blocks of 16.
+  const int full_blocks = static_cast<int>(turn.size() - 1) / 16;
+  REQUIRE(full_blocks == 62);
+  for (const std::string mode : {"t0", "t1", "t2", "none"}) {
+    CAPTURE(mode);
+    TempDir dir("persist-kill9-" + mode);
+    const PersistChild child = run_persist_child(dir.path, mode);
+    const int expected_stored = mode == "none" ? -1 : full_blocks;
+    CHECK(child.printed == "stored " + std::to_string(expected_stored) + "\n");
+    auto engine = open_engine({.data_dir = dir.path});
+    const Generation next = run(*engine, turn);
+    CHECK(next.tokens == reference_next);
+    if (mode == "none") {
+      // Without persist the child's spills never left the memtable: kill -9 lost them all.
+      CHECK(next.usage.restored_tokens == 0);
+    } else {
+      CHECK(next.usage.restored_tokens == full_blocks * 16);
+      CHECK(next.usage.prompt_tokens - next.usage.cached_tokens < 16);
+    }
+  }
 }
 
 }  // namespace

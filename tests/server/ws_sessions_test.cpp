@@ -207,6 +207,10 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
     MESSAGE("after kill -9: restored " << restored << ", recomputed " << recomputed);
     // The warm-up prompt re-renders the conversation: the last answer is re-tokenized from its text.
     CHECK(restored + recomputed >= committed_tokens - 16);
+    // Each committed turn was written through to disk (Engine::persist), so kill -9 lost no KV: every full
+    // block of the prompt comes back (the last prompt token is always computed), only the tail is recomputed.
+    CHECK(restored == (restored + recomputed - 1) / 16 * 16);
+    CHECK(recomputed <= 16);
     std::string next;
     turn(client, "And now?", &next);
     CHECK(next == reference_next);
