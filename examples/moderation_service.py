@@ -4,7 +4,8 @@
 It answers OpenAI's moderation shape, {"results":[{"flagged", "categories", "category_scores"}]}, flagging
 the configured words (case-insensitive, anywhere in the input), and verifies the Standard Webhooks signature
 (webhook-id, webhook-timestamp, webhook-signature) when secrets are given: a bad or missing one gets 401.
-Test modes make it misbehave on purpose: --delay-ms, --status, --garbage, --fail-first.
+Test modes make it misbehave on purpose: --delay-ms, --status, --garbage, --fail-first; --flag-kind flags
+every check of one kind (e.g. tool_arguments) whatever its text.
 When ready it prints "PORT <n>" on stdout (use --port 0 for a free port).
 GET /stats returns {"requests": n, "ids": [webhook-id, ...]} so a test can see retries and their ids.
 """
@@ -56,6 +57,9 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--flag", action="append", default=[], metavar="WORD[=CATEGORY]",
                         help="flag inputs containing WORD under CATEGORY (default category: flagged_word)")
+    parser.add_argument("--flag-kind", action="append", default=[], metavar="KIND",
+                        help="flag every check whose metadata.kind is KIND (output_text, reasoning, "
+                             "tool_arguments, tool_result, input), whatever its text")
     parser.add_argument("--secret", action="append", default=[], help="Standard Webhooks secret (repeatable)")
     parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before every answer")
     parser.add_argument("--status", type=int, default=200, help="answer every request with this HTTP status")
@@ -106,15 +110,21 @@ def main():
             if args.garbage:
                 return self.reply(200, "this is { not json")
             try:
-                text = json.loads(body)["input"]
+                request = json.loads(body)
+                text = request["input"]
             except (ValueError, KeyError, TypeError):
                 return self.reply(400, json.dumps({"error": "body must be JSON with an input"}))
+            metadata = request.get("metadata") if isinstance(request, dict) else None
+            kind = metadata.get("kind") if isinstance(metadata, dict) else None
+            flag_kind = kind in args.flag_kind
             texts = text if isinstance(text, list) else [text]
             results = []
             for t in texts:
                 lowered = str(t).lower()
                 hits = {c for w, c in words.items() if w in lowered}
-                categories = {c: (c in hits) for c in sorted(set(words.values()))}
+                if flag_kind:
+                    hits.add("flagged_kind")
+                categories = {c: (c in hits) for c in sorted(set(words.values()) | hits)}
                 scores = {c: (1.0 if c in hits else 0.0) for c in categories}
                 results.append({"flagged": bool(hits), "categories": categories, "category_scores": scores})
             self.reply(200, json.dumps({"id": "modr-local", "model": "word-list", "results": results}))

@@ -1,11 +1,20 @@
 // `agentserve serve`: read the config file (flags win over it), open the data dir's one RocksDB (KV tier and
 // session store), load the model, then serve WebSocket and HTTP on one port until SIGINT/SIGTERM.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent/tool_call_constraint.h"
+#include "agent/token_mask.h"
 #include "engine/engine.h"
 #include "memory/rocksdb_store.h"
 #include "memory/session_store.h"
@@ -15,8 +24,11 @@
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/server_config.h"
+#include "server/server_moderation.h"
 #include "server/server_options.h"
 #include "server/session_registry.h"
+#include "tools/builtin_tools.h"
+#include "tools/tool_registry.h"
 
 namespace agentserve::cli {
 namespace {
@@ -29,6 +41,9 @@ struct ServeArgs {
   int host_kv_mb = 0;
   int disk_kv_gb = 64;
   bool bf16_activations = false;
+  int tensor_parallel_size = 1;
+  bool expert_parallel = false;
+  int tool_arg_max_chars = 0;
   int port = 8080;
   std::string config_path;
   server::ServerOptions options;
@@ -36,13 +51,115 @@ struct ServeArgs {
   CLI::Option* host_flag = nullptr;
   CLI::Option* port_flag = nullptr;
   CLI::Option* io_threads_flag = nullptr;
+  // Moderation flags (they win over the config file's "moderation" object).
+  std::string moderation_url;
+  std::vector<std::string> moderation_secrets;
+  bool moderation_fail_open = false;
+  int moderation_timeout_ms = 0;
+  int moderation_window = 0;
+};
+
+// The --moderation-* flags over the file's "moderation" object, then the merged result checked as a whole.
+// A window below the overlap pulls the overlap down to a quarter of the window.
+Status apply_moderation_flags(const ServeArgs& args, agent::ModerationConfig& moderation) {
+  if (!args.moderation_url.empty()) moderation.url = args.moderation_url;
+  if (!args.moderation_secrets.empty()) moderation.secrets = args.moderation_secrets;
+  if (args.moderation_fail_open) moderation.fail_open = true;
+  if (args.moderation_timeout_ms > 0) moderation.timeout_ms = args.moderation_timeout_ms;
+  if (args.moderation_window > 0) {
+    moderation.window_tokens = static_cast<size_t>(args.moderation_window);
+    if (moderation.overlap_tokens >= moderation.window_tokens)
+      moderation.overlap_tokens = moderation.window_tokens / 4;
+  }
+  AS_ASSIGN_OR_RETURN(moderation, agent::moderation_config_from_json(nlohmann::json::object(), moderation));
+  return Status::ok_status();
+}
+
+// A schema's bounds the grammar does not express (string lengths, number ranges) are dropped for decoding;
+// the registry still validates every call against the full schema before anything runs.
+nlohmann::ordered_json decoding_schema(const nlohmann::json& schema) {
+  static constexpr std::string_view kValidatedOnly[] = {"minLength",        "maxLength",        "minimum",
+                                                        "maximum",          "exclusiveMinimum", "exclusiveMaximum",
+                                                        "pattern",          "format",           "minItems",
+                                                        "maxItems"};
+  if (schema.is_array()) {
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const auto& item : schema) out.push_back(decoding_schema(item));
+    return out;
+  }
+  if (!schema.is_object()) return nlohmann::ordered_json(schema);
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : schema.items()) {
+    if (std::find(std::begin(kValidatedOnly), std::end(kValidatedOnly), key) != std::end(kValidatedOnly)) continue;
+    // Under "properties" the keys are property names, not keywords.
+    if (key == "properties" && value.is_object()) {
+      nlohmann::ordered_json properties = nlohmann::ordered_json::object();
+      for (const auto& [name, property] : value.items()) properties[name] = decoding_schema(property);
+      out[key] = std::move(properties);
+      continue;
+    }
+    out[key] = decoding_schema(value);
+  }
+  return out;
+}
+
+// Tool-call decoding constraints (tool_choice required / named), compiled once per tool set over one
+// vocabulary index built at start. Thread-safe: sessions on any io thread ask for theirs.
+class ToolCallConstraints {
+ public:
+  ToolCallConstraints(const engine::Engine& engine, int max_string_length)
+      : index_(std::make_shared<const agent::VocabularyIndex>(engine.tokenizer(),
+                                                              static_cast<int>(engine.config().vocab_size))),
+        max_string_length_(max_string_length) {
+    if (auto im_end = engine.tokenizer().token_to_id("<|im_end|>")) eos_ids_.push_back(*im_end);
+  }
+
+  Result<std::shared_ptr<engine::TokenConstraint>> start(std::span<const tools::ToolSpec* const> allowed) {
+    std::string key;
+    std::vector<agent::ToolSchema> schemas;
+    for (const tools::ToolSpec* spec : allowed) {
+      key += spec->name + '\n' + spec->parameters.dump() + '\n';
+      schemas.push_back({spec->name, decoding_schema(spec->parameters)});
+    }
+    std::lock_guard lock(mutex_);
+    auto it = compiled_.find(key);
+    if (it == compiled_.end()) {
+      agent::ToolCallConstraintOptions options;
+      options.max_string_length = max_string_length_;
+      AS_ASSIGN_OR_RETURN(auto compiled, agent::CompiledConstraint::for_tool_calls(index_, schemas, options, eos_ids_));
+      it = compiled_.emplace(std::move(key), std::move(compiled)).first;
+    }
+    return it->second->start();
+  }
+
+ private:
+  std::shared_ptr<const agent::VocabularyIndex> index_;
+  int max_string_length_ = 0;
+  std::vector<int32_t> eos_ids_;
+  std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<agent::CompiledConstraint>> compiled_;
+};
+
+// The HTTP tools' outbound client on a thread of its own (the server's io_context is private to it).
+struct HttpToolClient {
+  boost::asio::io_context io;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
+  net::HttpClient client{io};
+  std::thread thread{[this] { io.run(); }};
+  ~HttpToolClient() {
+    work.reset();
+    io.stop();
+    thread.join();
+  }
 };
 
 // The config file (if any) under the flags that were given.
 Result<server::ServerConfig> server_config(const ServeArgs& args) {
   server::ServerConfig config;
   if (!args.config_path.empty()) {
-    AS_ASSIGN_OR_RETURN(config, server::load_server_config(args.config_path));
+    auto loaded = server::load_server_config(args.config_path);
+    if (!loaded.ok()) return loaded.status();
+    config = std::move(*loaded);
   } else {
     config.options.port = static_cast<uint16_t>(args.port);
   }
@@ -66,6 +183,8 @@ int serve(const ServeArgs& args) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("serve"));
   auto config = server_config(args);
   if (!config.ok()) return report_error(config.status());
+  if (Status moderation = apply_moderation_flags(args, config->moderation); !moderation.ok())
+    return report_error(moderation);
   const server::ServerOptions& options = config->options;
   // Refuse a bad address before spending the time to load the model.
   if (Status valid = server::HttpServer::check_options(options); !valid.ok()) return report_error(valid);
@@ -94,11 +213,33 @@ int serve(const ServeArgs& args) {
   engine_options.host_kv_bytes = static_cast<size_t>(args.host_kv_mb) << 20;
   engine_options.disk_kv_quota_bytes = static_cast<size_t>(args.disk_kv_gb) << 30;
   engine_options.bf16_activations = args.bf16_activations;
+  engine_options.tensor_parallel_size = args.tensor_parallel_size;
+  engine_options.expert_parallel = args.expert_parallel;
 
   server::Metrics metrics;
+  // Before the server so it outlives every connection that holds a gate or a pending check.
+  std::unique_ptr<server::ServerModeration> moderation;
+  if (config->moderation.enabled()) {
+    auto created = server::ServerModeration::create(config->moderation);
+    if (!created.ok()) return report_error(created.status());
+    moderation = std::move(*created);
+  }
   server::Auth auth(config->api_keys, config->tenants, config->default_limits);
   // Declared before the engine so they are destroyed after it: the engine's last callbacks post to the
   // server and touch sessions.
+  // The server's tools; declared before the sessions and the server so no connection outlives them.
+  std::unique_ptr<HttpToolClient> http_tool_client;
+  if (!config->http_tools.tools.empty()) http_tool_client = std::make_unique<HttpToolClient>();
+  tools::ToolRegistry tool_registry;
+  {
+    tools::BuiltinToolDeps deps;
+    deps.sessions = session_store.get();
+    deps.http_tools = config->http_tools;
+    deps.http_client = http_tool_client ? &http_tool_client->client : nullptr;
+    if (Status registered = tools::register_builtin_tools(tool_registry, std::move(deps)); !registered.ok())
+      return report_error(registered);
+  }
+  std::unique_ptr<ToolCallConstraints> constraints;
   std::unique_ptr<server::SessionRegistry> sessions;
   std::unique_ptr<server::HttpServer> http;
   auto engine = engine::Engine::open(engine_options);
@@ -111,9 +252,18 @@ int serve(const ServeArgs& args) {
   http = std::move(*started);
   http->context().auth = &auth;
   http->context().sessions = sessions.get();
+  constraints = std::make_unique<ToolCallConstraints>(**engine, args.tool_arg_max_chars);
+  http->context().tools = &tool_registry;
+  http->context().tool_call_constraint = [c = constraints.get()](std::span<const tools::ToolSpec* const> allowed) {
+    return c->start(allowed);
+  };
+  http->context().moderation = moderation.get();
   std::printf("listening on %s:%u\n", options.host.c_str(), static_cast<unsigned>(http->port()));
   std::fflush(stdout);
   http->run();
+  // Checks still pending end now, while the server's io_context (where their callbacks post) still exists.
+  http->context().moderation = nullptr;
+  moderation.reset();
   spdlog::info("stopped");
   return 0;
 }
@@ -141,6 +291,25 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(0, 1 << 22));
   cmd->add_option("--disk-kv-gb", args->disk_kv_gb, "Disk quota of the KV tier in GiB")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--moderation-url", args->moderation_url,
+                  "Moderation webhook (http:// or https://); every output passes it (docs/moderation.md)");
+  cmd->add_option("--moderation-secret", args->moderation_secrets,
+                  "Standard Webhooks signing secret (repeatable, for rotation)");
+  cmd->add_flag("--moderation-fail-open", args->moderation_fail_open,
+                "Let text through when the webhook fails (default: a failure blocks)");
+  cmd->add_option("--moderation-timeout-ms", args->moderation_timeout_ms, "Webhook timeout per attempt")
+      ->check(CLI::Range(1, 600000));
+  cmd->add_option("--moderation-window", args->moderation_window, "Hold-back window in tokens")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--tensor-parallel-size", args->tensor_parallel_size,
+                  "Ranks that split each layer's heads and experts (KV tiers need 1)")
+      ->check(CLI::Range(1, 64));
+  cmd->add_flag("--expert-parallel", args->expert_parallel,
+                "With --tensor-parallel-size: experts are spread whole over the ranks instead of sliced");
+  cmd->add_option("--tool-arg-max-chars", args->tool_arg_max_chars,
+                  "Longest string in constrained tool-call arguments (0 = as the schema says; a cap bounds "
+                  "the calls of rambling models)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_flag("--bf16-activations", args->bf16_activations,
                 "BF16 dot products for batched rows: ~2x batch throughput, 2^-9 relative rounding");
   cmd->callback([args, &exit_code] { exit_code = serve(*args); });

@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "server/metrics.h"
 #include "server/protocol.h"
+#include "server/server_moderation.h"
 #include "server/session_registry.h"
 #include "server/ws_session.h"
 
@@ -126,9 +127,9 @@ void HttpConnection::handle(const Request& req) {
     if (method != http::verb::get) return reply_error(method_not_allowed(route_, "GET"));
     if (context_.sessions != nullptr)
       context_.metrics->set_sessions_active(static_cast<int64_t>(context_.sessions->live_sessions()));
-    return reply(
-        http::status::ok, "text/plain; version=0.0.4",
-        context_.metrics->scrape(context_.engine->counters(), context_.engine->kv_layout().block_size));
+    return reply(http::status::ok, "text/plain; version=0.0.4",
+                 context_.metrics->scrape(context_.engine->counters(),
+                                          context_.engine->kv_layout().block_size, context_.moderation));
   }
   if (route_ == "/v1/models") {
     if (method != http::verb::get) return reply_error(method_not_allowed(route_, "GET"));
@@ -197,6 +198,44 @@ void HttpConnection::start_completion(const Request& req, const Tenant& tenant) 
                                        "this tenant's tokens per minute are spent", ""});
     }
   }
+  if (context_.moderation == nullptr) return submit_completion(chat, tenant);
+  moderate_input(std::make_shared<ChatCompletionRequest>(std::move(chat)), tenant, 0);
+}
+
+void HttpConnection::moderate_input(std::shared_ptr<ChatCompletionRequest> chat, Tenant tenant, int stage) {
+  if (stage > 1) return submit_completion(*chat, tenant);
+  ServerModeration& moderation = *context_.moderation;
+  // Stage 0: the new user messages (check_input); stage 1: the client's tool outputs (check_tool_results).
+  const bool wanted = stage == 0 ? moderation.checks_input() && !chat->new_user_text.empty()
+                                 : moderation.checks_tool_results() && !chat->new_tool_text.empty();
+  if (!wanted) return moderate_input(std::move(chat), std::move(tenant), stage + 1);
+  const agent::ModerationKind kind =
+      stage == 0 ? agent::ModerationKind::kInput : agent::ModerationKind::kToolResult;
+  std::string text = stage == 0 ? chat->new_user_text : chat->new_tool_text;
+  ModerationScope scope{&tenant, "", ""};
+  auto post = [self = shared_from_this()](std::function<void()> task) {
+    net::post(self->stream_.get_executor(), std::move(task));
+  };
+  moderation.check(
+      scope, kind, std::move(text), post,
+      [self = shared_from_this(), chat, tenant, stage](const agent::ModerationVerdict& verdict) mutable {
+        if (verdict.allowed) return self->moderate_input(std::move(chat), std::move(tenant), stage + 1);
+        if (self->context_.auth != nullptr) self->context_.auth->end_response(tenant, 0);
+        self->context_.moderation->count_blocked();
+        self->context_.metrics->record_error("moderation_blocked");
+        if (self->closed_) return;
+        self->reply_json(http::status::bad_request,
+                         moderation_error_body(verdict.categories, moderation_block_reason(verdict),
+                                               /*input=*/true));
+      });
+}
+
+void HttpConnection::submit_completion(ChatCompletionRequest& chat, const Tenant& tenant) {
+  if (closed_) {
+    if (context_.auth != nullptr) context_.auth->end_response(tenant, 0);
+    return;
+  }
+  engine::Engine& engine = *context_.engine;
   engine::GenerationRequest request;
   request.prompt = std::move(chat.prompt);
   request.sampling = std::move(chat.sampling);
@@ -211,9 +250,37 @@ void HttpConnection::start_completion(const Request& req, const Tenant& tenant) 
     if (context_.auth != nullptr) context_.auth->end_response(tenant, 0);
     return reply_error(openai_error_from_status(submitted.status(), "request_rejected"));
   }
-  completion_.emplace(Completion{*submitted, chat.stream, chat.include_usage, tenant,
-                                 ChatCompletionBuilder(make_id("chatcmpl-"), context_.model_name,
-                                                       static_cast<int64_t>(std::time(nullptr)))});
+  const std::string id = make_id("chatcmpl-");
+  completion_.emplace(
+      Completion{*submitted, chat.stream, chat.include_usage, tenant,
+                 ChatCompletionBuilder(id, context_.model_name, static_cast<int64_t>(std::time(nullptr)))});
+  if (context_.moderation != nullptr) {
+    // Gate callbacks run on this strand (the executor below); `this` lives as long as the posted task.
+    agent::ModerationGateCallbacks callbacks;
+    const engine::RequestId request_id = *submitted;
+    callbacks.on_release = [this, request_id](std::string_view text) {
+      if (completion_ && completion_->request_id == request_id) emit_text(text, std::nullopt);
+    };
+    callbacks.on_blocked = [this, request_id](const agent::ModerationVerdict& verdict) {
+      if (completion_ && completion_->request_id == request_id) on_moderation_blocked(verdict);
+    };
+    callbacks.on_finished = [this, request_id] {
+      if (completion_ && completion_->request_id == request_id) finish_completion();
+    };
+    auto post = [self = shared_from_this()](std::function<void()> task) {
+      net::post(self->stream_.get_executor(), std::move(task));
+    };
+    auto gate =
+        context_.moderation->gate(ModerationScope{&completion_->tenant, "", id}, post, std::move(callbacks));
+    if (!gate.ok()) {
+      // The config was validated at start, so this is a bug; refuse rather than answer unmoderated.
+      engine.cancel(*submitted);
+      completion_->blocked = agent::ModerationVerdict{};
+      spdlog::error("moderation gate: {}", gate.status().message());
+    } else {
+      completion_->gate = std::move(*gate);
+    }
+  }
   stream_.expires_never();  // generation takes as long as it takes; watch() notices a client that leaves
   if (chat.stream) {
     context_.metrics->record_http_request(route_, 200);
@@ -227,36 +294,85 @@ void HttpConnection::start_completion(const Request& req, const Tenant& tenant) 
   watch();
 }
 
+void HttpConnection::emit_text(std::string_view text, std::optional<Clock::time_point> at) {
+  Completion& c = *completion_;
+  for (const json& chunk : c.builder.feed(text))
+    if (c.stream && !closed_) enqueue_chunk(sse_event(chunk), at);
+}
+
 void HttpConnection::on_engine_event(const engine::GenerationEvent& event, Clock::time_point at) {
   if (!completion_ || completion_->request_id != event.request_id) return;
   Completion& c = *completion_;
-  if (!event.text.empty()) {
-    for (const json& chunk : c.builder.feed(event.text))
-      if (c.stream && !closed_) enqueue_chunk(sse_event(chunk), at);
+  if (!event.text.empty() && !c.blocked) {
+    if (c.gate)
+      c.gate->push(event.text);
+    else
+      emit_text(event.text, at);
   }
   if (!event.finished) return;
-  const std::vector<json> last =
-      c.builder.finish(event.finish_reason, event.usage, c.include_usage, event.error);
-  context_.metrics->record_response(response_status(event.finish_reason), event.usage);
+  c.engine_done = true;
+  c.finish_reason = event.finish_reason;
+  c.usage = event.usage;
+  c.engine_error = event.error;
+  c.finished_at = at;
+  // A client that left waits for no verdict; a gate still holding text checks the remainder first.
+  if (c.gate && !c.blocked && !closed_) return c.gate->finish();
+  finish_completion();
+}
+
+void HttpConnection::on_moderation_blocked(const agent::ModerationVerdict& verdict) {
+  Completion& c = *completion_;
+  if (c.blocked) return;
+  c.blocked = verdict;
+  if (!c.engine_done) {
+    context_.engine->cancel(c.request_id);  // its finished event completes the reply
+    return;
+  }
+  finish_completion();
+}
+
+void HttpConnection::finish_completion() {
+  Completion& c = *completion_;
+  if (!c.engine_done) return;
+  // The gate may be the caller (on_finished / on_blocked): it is freed after this handler, never inside.
+  if (c.gate)
+    net::post(stream_.get_executor(), [self = shared_from_this(),
+                                       gate = std::shared_ptr<agent::ModerationGate>(std::move(c.gate))] {});
+  const bool blocked = c.blocked.has_value();
+  context_.metrics->record_response(blocked ? "blocked" : response_status(c.finish_reason), c.usage);
+  if (blocked) context_.moderation->count_blocked();
   if (context_.auth != nullptr)
-    context_.auth->end_response(c.tenant, event.usage.prompt_tokens + event.usage.completion_tokens);
+    context_.auth->end_response(c.tenant, c.usage.prompt_tokens + c.usage.completion_tokens);
   if (closed_) {
     completion_.reset();
     return;
   }
-  const std::optional<OpenAiError> error = c.builder.error();
+  std::vector<json> last;
+  std::optional<json> error_body;
+  std::optional<OpenAiError> error;
+  if (blocked) {
+    last = c.builder.finish_filtered(c.usage, c.include_usage);
+    error_body = moderation_error_body(c.blocked->categories, moderation_block_reason(*c.blocked), false);
+    context_.metrics->record_error("moderation_blocked");
+  } else {
+    last = c.builder.finish(c.finish_reason, c.usage, c.include_usage, c.engine_error);
+    error = c.builder.error();
+    if (error) error_body = openai_error_body(*error);
+  }
   if (c.stream) {
-    for (const json& chunk : last) enqueue_chunk(sse_event(chunk), at);
-    if (error) {
-      context_.metrics->record_error(error->code);
-      enqueue_chunk(sse_event(openai_error_body(*error)));
-    }
+    if (error) context_.metrics->record_error(error->code);  // reply_error counts the non-streaming one
+    for (const json& chunk : last) enqueue_chunk(sse_event(chunk), c.finished_at);
+    if (error_body) enqueue_chunk(sse_event(*error_body));
     enqueue_chunk(std::string(kSseDone));
     enqueue("0\r\n\r\n");
     completion_.reset();
     return end_exchange();
   }
-  const json body = c.builder.completion();
+  json body = c.builder.completion();
+  if (blocked)
+    body["choices"][0]["content_filter_results"] = {{"blocked", true},
+                                                    {"categories", c.blocked->categories},
+                                                    {"reason", moderation_block_reason(*c.blocked)}};
   completion_.reset();
   if (error) return reply_error(*error);
   reply_json(http::status::ok, body);

@@ -5,6 +5,12 @@
 // over chunked transfer encoding written as the engine produces text. A WebSocket upgrade on /v1/ws is
 // handed to a WsSession.
 //
+// With moderation configured (ServerContext::moderation) a completion's text passes a ModerationGate before
+// the builder sees it: a chunk (content, reasoning or a tool call) is made and sent only from text whose
+// window passed, the remainder is checked before the last chunk, and a block ends the reply with
+// finish_reason "content_filter" and a moderation_blocked error, cancelling the engine request. New user
+// messages (and client tool outputs) are checked before generation starts when the config asks for it.
+//
 // While a completion runs it watches the socket: a client that goes away (or stops reading past
 // max_write_queue_bytes) cancels the engine request. It must never block an io thread, never touch the
 // socket off its strand, and never let a request end the process.
@@ -22,6 +28,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "agent/moderation_gate.h"
 #include "engine/request.h"
 #include "server/auth.h"
 #include "server/openai_api.h"
@@ -47,6 +54,15 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
     bool include_usage = false;
     Tenant tenant;
     ChatCompletionBuilder builder;
+    // Moderation (null gate when off). The reply is finished once the engine is done and the gate has
+    // released everything or blocked.
+    std::unique_ptr<agent::ModerationGate> gate;
+    std::optional<agent::ModerationVerdict> blocked;
+    bool engine_done = false;
+    engine::FinishReason finish_reason = engine::FinishReason::kStop;
+    engine::Usage usage;
+    Status engine_error;
+    std::optional<Clock::time_point> finished_at;
   };
 
   // One chunk of bytes to write; token_at is when the engine handed out the text it carries.
@@ -60,7 +76,14 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle(const Request& req);
   void handle_sessions(const Request& req, const Tenant& tenant, const std::string& id);
   void start_completion(const Request& req, const Tenant& tenant);
+  // Checks the request's new user text / tool outputs (as configured), then submits.
+  void moderate_input(std::shared_ptr<ChatCompletionRequest> chat, Tenant tenant, int stage);
+  void submit_completion(ChatCompletionRequest& chat, const Tenant& tenant);
   void on_engine_event(const engine::GenerationEvent& event, Clock::time_point at);
+  void emit_text(std::string_view text, std::optional<Clock::time_point> at);
+  void on_moderation_blocked(const agent::ModerationVerdict& verdict);
+  // Sends the end of the reply once the engine and the gate are both done.
+  void finish_completion();
 
   // Whole replies (they end the exchange).
   void reply(boost::beast::http::status status, const char* content_type, std::string body);

@@ -1,8 +1,11 @@
 #include "server/metrics.h"
 
 #include <algorithm>
+#include <limits>
 
 #include <prometheus/text_serializer.h>
+
+#include "server/server_moderation.h"
 
 namespace agentserve::server {
 namespace {
@@ -50,7 +53,68 @@ constexpr TierField kTierFields[] = {
     {"load_bytes", "disk", &engine::KvTierCounters::disk_bytes_loaded},
     {"dropped_corrupt", "disk", &engine::KvTierCounters::dropped_corrupt},
     {"write_error", "disk", &engine::KvTierCounters::disk_write_errors},
+    {"spill_dropped", "disk", &engine::KvTierCounters::spills_dropped},
 };
+
+// The moderation client's atomics as Prometheus families (they are cumulative already, so a scrape copies).
+std::vector<prometheus::MetricFamily> moderation_families(const ServerModeration& moderation) {
+  const agent::ModerationStats& stats = moderation.stats();
+  using prometheus::ClientMetric;
+  using prometheus::MetricFamily;
+  using prometheus::MetricType;
+  static constexpr const char* kVerdicts[] = {"allowed", "flagged", "failed_blocked", "failed_passed"};
+  MetricFamily checks{
+      "agentserve_moderation_checks_total",
+      "Moderation checks by kind (output_text, reasoning, tool_arguments, tool_result, input) "
+      "and verdict (allowed, flagged, failed_blocked, failed_passed)",
+      MetricType::Counter,
+      {}};
+  for (int kind = 0; kind < agent::kModerationKinds; ++kind) {
+    for (int outcome = 0; outcome < agent::ModerationStats::kOutcomes; ++outcome) {
+      ClientMetric m;
+      m.label = {{"kind", std::string(agent::moderation_kind_name(static_cast<agent::ModerationKind>(kind)))},
+                 {"verdict", kVerdicts[outcome]}};
+      m.counter.value = static_cast<double>(stats.checks[kind][outcome].load());
+      checks.metric.push_back(std::move(m));
+    }
+  }
+  MetricFamily failures{"agentserve_moderation_failures_total",
+                        "Moderation checks that got no verdict, by reason (timeout, connection, http_status, "
+                        "bad_response)",
+                        MetricType::Counter,
+                        {}};
+  for (int reason = 1; reason < agent::kModerationFailures; ++reason) {
+    ClientMetric m;
+    m.label = {{"reason",
+                std::string(agent::moderation_failure_name(static_cast<agent::ModerationFailure>(reason)))}};
+    m.counter.value = static_cast<double>(stats.failures[reason].load());
+    failures.metric.push_back(std::move(m));
+  }
+  MetricFamily latency{"agentserve_moderation_latency_seconds",
+                       "Time from starting a moderation check to its verdict, retries included",
+                       MetricType::Histogram,
+                       {}};
+  ClientMetric h;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < stats.latency_buckets.size(); ++i) {
+    cumulative += stats.latency_buckets[i].load();
+    const double bound = i < agent::ModerationStats::kLatencyBucketsMs.size()
+                             ? agent::ModerationStats::kLatencyBucketsMs[i] / 1000.0
+                             : std::numeric_limits<double>::infinity();
+    h.histogram.bucket.push_back({cumulative, bound});
+  }
+  h.histogram.sample_count = cumulative;
+  h.histogram.sample_sum = static_cast<double>(stats.latency_sum_us.load()) / 1e6;
+  latency.metric.push_back(std::move(h));
+  MetricFamily blocked{"agentserve_moderation_blocked_responses_total",
+                       "Responses (and requests' input) that moderation blocked",
+                       MetricType::Counter,
+                       {}};
+  ClientMetric b;
+  b.counter.value = static_cast<double>(moderation.blocked_responses());
+  blocked.metric.push_back(std::move(b));
+  return {std::move(checks), std::move(failures), std::move(latency), std::move(blocked)};
+}
 
 }  // namespace
 
@@ -110,10 +174,19 @@ Metrics::Metrics()
           prometheus::BuildCounter()
               .Name("agentserve_kv_tier_events_total")
               .Help("KV tier traffic by event (hit, miss, spill_bytes, load_bytes, dropped_corrupt, "
-                    "write_error) and tier (host = T1, disk = T2)")
+                    "write_error, spill_dropped) and tier (host = T1, disk = T2)")
               .Register(*registry_)),
       restored_tokens_(counter(*registry_, "agentserve_kv_restored_tokens_total",
-                               "Tokens whose KV was loaded from host RAM or disk instead of recomputed")) {
+                               "Tokens whose KV was loaded from host RAM or disk instead of recomputed")),
+      kv_host_bytes_used_(
+          gauge(*registry_, "agentserve_kv_host_bytes_used", "T1 (host RAM) bytes holding KV blocks")),
+      kv_disk_usage_bytes_(
+          gauge(*registry_, "agentserve_kv_disk_usage_bytes", "T2 (disk) live encoded KV bytes")),
+      kv_pinned_blocks_(gauge(*registry_, "agentserve_kv_pinned_blocks", "Distinct pinned KV block keys")),
+      kv_spill_queue_bytes_(
+          gauge(*registry_, "agentserve_kv_spill_queue_bytes", "KV bytes waiting for the storage thread")),
+      kv_disk_spill_stalled_(gauge(*registry_, "agentserve_kv_disk_spill_stalled",
+                                   "1 while T2 writes are paused after a refusal (quota or I/O)")) {
   for (const TierField& field : kTierFields) {
     kv_tier_series_.push_back({&kv_tier_family_.Add({{"event", field.event}, {"tier", field.tier}})});
   }
@@ -155,7 +228,8 @@ void Metrics::advance(prometheus::Counter& counter, int64_t total, int64_t& seen
   seen = std::max(seen, total);
 }
 
-std::string Metrics::scrape(const engine::EngineCounters& c, int block_size) {
+std::string Metrics::scrape(const engine::EngineCounters& c, int block_size,
+                            const ServerModeration* moderation) {
   std::lock_guard lock(mutex_);
   advance(prefix_queries_, c.prompt_tokens, seen_prefix_queries_);
   advance(prefix_hits_, c.cached_prompt_tokens, seen_prefix_hits_);
@@ -176,7 +250,16 @@ std::string Metrics::scrape(const engine::EngineCounters& c, int block_size) {
   kv_usage_.Set(c.kv_blocks_total > 0
                     ? 1.0 - static_cast<double>(c.kv_blocks_free) / static_cast<double>(c.kv_blocks_total)
                     : 0.0);
-  return prometheus::TextSerializer().Serialize(registry_->Collect());
+  kv_host_bytes_used_.Set(static_cast<double>(c.kv_tiers.host_bytes_used));
+  kv_disk_usage_bytes_.Set(static_cast<double>(c.kv_tiers.disk_usage_bytes));
+  kv_pinned_blocks_.Set(static_cast<double>(c.kv_tiers.pinned_blocks));
+  kv_spill_queue_bytes_.Set(static_cast<double>(c.kv_tiers.spill_queue_bytes));
+  kv_disk_spill_stalled_.Set(static_cast<double>(c.kv_tiers.disk_spill_stalled));
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  if (moderation != nullptr)
+    for (prometheus::MetricFamily& family : moderation_families(*moderation))
+      families.push_back(std::move(family));
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace agentserve::server

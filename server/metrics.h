@@ -23,6 +23,8 @@
 
 namespace agentserve::server {
 
+class ServerModeration;
+
 class Metrics {
  public:
   Metrics();
@@ -43,8 +45,11 @@ class Metrics {
   void set_sessions_persisted(int64_t n);
 
   // Brings the engine-fed series up to `counters` (`block_size`: tokens per KV block, to report cached
-  // tokens by source), then renders the registry in Prometheus text format.
-  std::string scrape(const engine::EngineCounters& counters, int block_size);
+  // tokens by source), then renders the registry in Prometheus text format. `moderation` (null when off)
+  // adds agentserve_moderation_latency_seconds, _checks_total{kind, verdict}, _failures_total{reason} and
+  // _blocked_responses_total, copied from its atomics at scrape time.
+  std::string scrape(const engine::EngineCounters& counters, int block_size,
+                     const ServerModeration* moderation = nullptr);
 
  private:
   // Counters only go up: the engine's cumulative values are added as the difference since the last scrape.
@@ -82,6 +87,12 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& kv_tier_family_;
   std::vector<TierSeries> kv_tier_series_;  // in the order of tier_values()
   prometheus::Counter& restored_tokens_;
+  // KV tier gauges: bytes and blocks held now, and whether T2 writes are paused.
+  prometheus::Gauge& kv_host_bytes_used_;
+  prometheus::Gauge& kv_disk_usage_bytes_;
+  prometheus::Gauge& kv_pinned_blocks_;
+  prometheus::Gauge& kv_spill_queue_bytes_;
+  prometheus::Gauge& kv_disk_spill_stalled_;
 
   std::mutex mutex_;  // scrapes may come from several io threads at once
   int64_t seen_prompt_tokens_ = 0;

@@ -185,6 +185,18 @@ std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::stri
   if (!rendered.ok()) return bad_request("invalid_value", rendered.status().message(), "messages");
   // Client text is literal: a "<|im_start|>" typed in a message or schema stays text (agent/prompt_tokens).
   out.prompt = agent::encode_prompt(*context.tokenizer, *rendered);
+  size_t first_new = 0;
+  for (size_t i = 0; i < messages->size(); ++i)
+    if ((*messages)[i].role == agent::Role::kAssistant) first_new = i + 1;
+  for (size_t i = first_new; i < messages->size(); ++i) {
+    const agent::Message& m = (*messages)[i];
+    std::string* into = m.role == agent::Role::kUser   ? &out.new_user_text
+                        : m.role == agent::Role::kTool ? &out.new_tool_text
+                                                       : nullptr;
+    if (into == nullptr || m.content.empty()) continue;
+    if (!into->empty()) *into += "\n";
+    *into += m.content;
+  }
   return out;
 }
 
@@ -229,8 +241,10 @@ void ChatCompletionBuilder::apply(std::vector<agent::TurnEvent>& events, std::ve
       }
       case agent::TurnEventKind::kError:
         if (!error_)
+          // The parser's reason can quote the call's text: it stays out, so no model text reaches the
+          // client by this path without passing the output windows.
           error_ = OpenAiError{500, "server_error", "invalid_tool_call",
-                               "the model produced a malformed tool call: " + event.text, ""};
+                               "the model produced a malformed tool call", ""};
         break;
     }
   }
@@ -286,6 +300,34 @@ json ChatCompletionBuilder::completion() const {
             {"completion_tokens", usage_.completion_tokens},
             {"total_tokens", usage_.prompt_tokens + usage_.completion_tokens},
             {"prompt_tokens_details", {{"cached_tokens", usage_.cached_tokens}}}}}};
+}
+
+std::vector<json> ChatCompletionBuilder::finish_filtered(const engine::Usage& usage, bool include_usage) {
+  usage_ = usage;
+  content_.clear();
+  reasoning_.clear();
+  tool_calls_ = json::array();
+  finish_reason_ = "content_filter";
+  std::vector<json> chunks;
+  chunks.push_back(chunk(json::object(), finish_reason_));
+  if (include_usage) {
+    json last = chunk(json::object(), nullptr);
+    last["choices"] = json::array();
+    last["usage"] = completion()["usage"];
+    chunks.push_back(std::move(last));
+  }
+  return chunks;
+}
+
+json moderation_error_body(const std::vector<std::string>& categories, std::string_view reason, bool input) {
+  std::string message =
+      input ? "the request's input was blocked by moderation" : "the response was blocked by moderation";
+  if (reason != "flagged") message += " (the moderation check failed: " + std::string(reason) + ")";
+  json body = openai_error_body(
+      OpenAiError{400, "invalid_request_error", "moderation_blocked", std::move(message), ""});
+  body["error"]["categories"] = categories;
+  body["error"]["reason"] = reason;
+  return body;
 }
 
 std::string sse_event(const json& data) {

@@ -48,6 +48,10 @@ struct ChatCompletionRequest {
   bool stream = false;
   bool include_usage = false;   // stream_options.include_usage: a last chunk with usage
   bool enable_thinking = true;  // chat_template_kwargs.enable_thinking (vLLM's extension)
+  // What moderation checks before generation starts (when configured): the user messages and the tool
+  // outputs after the last assistant message, i.e. what is new in this request; each joined by "\n".
+  std::string new_user_text;
+  std::string new_tool_text;
 };
 
 struct ChatApiContext {
@@ -82,6 +86,11 @@ class ChatCompletionBuilder {
   nlohmann::json completion() const;
   const std::optional<OpenAiError>& error() const { return error_; }
 
+  // Moderation blocked the rest of the output: the closing chunks (finish_reason "content_filter", then the
+  // usage chunk when asked). completion() then has finish_reason "content_filter", empty content and no
+  // reasoning or tool calls: a non-streaming client gets none of the text, not even the passed part.
+  std::vector<nlohmann::json> finish_filtered(const engine::Usage& usage, bool include_usage);
+
  private:
   nlohmann::json chunk(nlohmann::json delta, const nlohmann::json& finish_reason) const;
   void apply(std::vector<agent::TurnEvent>& events, std::vector<nlohmann::json>& chunks);
@@ -95,6 +104,13 @@ class ChatCompletionBuilder {
   engine::Usage usage_;
   std::optional<OpenAiError> error_;
 };
+
+// The error a client gets when moderation blocked its output (code "moderation_blocked"): OpenAI's error
+// object plus "categories" (what the webhook flagged; empty for a failure) and "reason" ("flagged" or the
+// failure: timeout, connection, http_status, bad_response). Streaming sends it as the last data event
+// before [DONE]. `input`: the request's own messages were blocked (a 400 before any generation).
+nlohmann::json moderation_error_body(const std::vector<std::string>& categories, std::string_view reason,
+                                     bool input);
 
 // "data: <json>\n\n" and the closing "data: [DONE]\n\n".
 std::string sse_event(const nlohmann::json& data);

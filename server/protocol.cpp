@@ -146,19 +146,43 @@ std::optional<ProtocolError> check_tool_choice(const json& choice, const std::st
     return bad("invalid_value", "'" + param + "' must be auto, none, required or {\"name\": ...}", param);
   }
   if (!choice.is_object()) return wrong_type(param, "a string or an object");
+  // {"type": "function", "name"} or the Chat Completions form {"type": "function", "function": {"name"}}.
+  const json& fn = choice.contains("function") ? choice["function"] : choice;
+  if (!fn.is_object() || !fn.contains("name") || !fn["name"].is_string() ||
+      fn["name"].get_ref<const std::string&>().empty())
+    return bad("missing_field", "'" + param + ".name' is required", param + ".name");
   return std::nullopt;
 }
 
-std::optional<ProtocolError> parse_item(const json& event, const ServerOptions& options,
-                                        ConversationMessage& item) {
+std::optional<ProtocolError> parse_function_call_output(const json& item, const ServerOptions& options,
+                                                        FunctionCallOutput& out) {
+  if (!item.contains("call_id") || item["call_id"].is_null())
+    return bad("missing_field", "'item.call_id' is required", "item.call_id");
+  if (auto e = read_string(item, "call_id", "item.call_id", 128, out.call_id)) return e;
+  if (!item.contains("output") || item["output"].is_null())
+    return bad("missing_field", "'item.output' is required", "item.output");
+  if (auto e = read_string(item, "output", "item.output", options.max_content_bytes, out.output)) return e;
+  const auto is_error = item.find("is_error");
+  if (is_error != item.end() && !is_error->is_null()) {
+    if (!is_error->is_boolean()) return wrong_type("item.is_error", "a boolean");
+    out.is_error = is_error->get<bool>();
+  }
+  return std::nullopt;
+}
+
+std::optional<ProtocolError> parse_item(const json& event, const ServerOptions& options, ClientEvent& out) {
   const auto it = event.find("item");
   if (it == event.end() || it->is_null()) return bad("missing_field", "'item' is required", "item");
   if (!it->is_object()) return wrong_type("item", "an object");
   std::string type = "message";
   if (auto e = read_string(*it, "type", "item.type", 64, type)) return e;
+  if (type == "function_call_output") {
+    out.tool_output.emplace();
+    return parse_function_call_output(*it, options, *out.tool_output);
+  }
   if (type != "message")
-    return bad("invalid_value", "'item.type' must be \"message\" (function_call_output comes with tools)",
-               "item.type");
+    return bad("invalid_value", "'item.type' must be \"message\" or \"function_call_output\"", "item.type");
+  ConversationMessage& item = out.item;
   if (!it->contains("role")) return bad("missing_field", "'item.role' is required", "item.role");
   if (auto e = read_string(*it, "role", "item.role", 64, item.role)) return e;
   if (item.role != "user" && item.role != "assistant" && item.role != "system")
@@ -203,7 +227,7 @@ std::optional<ProtocolError> parse_by_type(const std::string& type, const json& 
   }
   if (type == "conversation.item.create") {
     out.type = ClientEventType::kConversationItemCreate;
-    return parse_item(event, options, out.item);
+    return parse_item(event, options, out);
   }
   if (type == "response.create") {
     out.type = ClientEventType::kResponseCreate;
@@ -227,8 +251,10 @@ std::optional<ProtocolError> apply_session_fields(const json& session, const std
                                                   SessionConfig& config) {
   const std::string& p = param_prefix;
   if (!session.is_object()) return wrong_type(p, "an object");
-  static constexpr std::array<std::string_view, 7> kKnown = {
-      "id", "agent_id", "instructions", "sampling", "tools", "tool_choice", "max_steps"};
+  static constexpr std::array<std::string_view, 9> kKnown = {
+      "id",          "agent_id",        "instructions", "sampling",
+      "tools",       "tool_choice",     "enable_thinking", "max_steps",
+      "client_tool_timeout_ms"};
   for (const auto& [key, value] : session.items())
     if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end())
       return bad("unknown_field", "unknown field '" + p + "." + key + "'", p + "." + key);
@@ -244,9 +270,16 @@ std::optional<ProtocolError> apply_session_fields(const json& session, const std
     if (auto e = check_tool_choice(*choice, p + ".tool_choice")) return e;
     config.tool_choice = *choice;
   }
+  if (const auto thinking = session.find("enable_thinking"); thinking != session.end() && !thinking->is_null()) {
+    if (!thinking->is_boolean()) return wrong_type(p + ".enable_thinking", "a boolean");
+    config.enable_thinking = thinking->get<bool>();
+  }
   int64_t max_steps = config.max_steps;
   if (auto e = read_int(session, "max_steps", p, 1, kMaxSteps, max_steps)) return e;
   config.max_steps = static_cast<int>(max_steps);
+  int64_t tool_timeout = config.client_tool_timeout_ms;
+  if (auto e = read_int(session, "client_tool_timeout_ms", p, 1, kMaxClientToolTimeoutMs, tool_timeout)) return e;
+  config.client_tool_timeout_ms = static_cast<int>(tool_timeout);
   const auto sampling = session.find("sampling");
   if (sampling == session.end() || sampling->is_null()) return std::nullopt;
   return apply_sampling(*sampling, p + ".sampling", options, vocab_size, config.sampling);
@@ -269,7 +302,8 @@ json sampling_json(const engine::SamplingParams& s) {
 json session_config_json(const SessionConfig& config) {
   return {{"agent_id", config.agent_id},         {"instructions", config.instructions},
           {"sampling", sampling_json(config.sampling)}, {"tools", config.tools},
-          {"tool_choice", config.tool_choice},   {"max_steps", config.max_steps}};
+          {"tool_choice", config.tool_choice},   {"enable_thinking", config.enable_thinking},
+          {"max_steps", config.max_steps},       {"client_tool_timeout_ms", config.client_tool_timeout_ms}};
 }
 
 std::optional<ProtocolError> apply_sampling(const json& sampling, const std::string& param_prefix,
@@ -327,20 +361,6 @@ ParseResult parse_client_event(std::string_view text, const ServerOptions& optio
   if (auto e = read_string(event, "session_id", "session_id", 128, out.session_id)) return with_id(*e);
   if (auto e = parse_by_type(type->get<std::string>(), event, options, vocab_size, out)) return with_id(*e);
   return out;
-}
-
-std::vector<PromptPiece> render_plain_conversation(const std::string& instructions,
-                                                   const std::vector<ConversationMessage>& messages) {
-  std::vector<PromptPiece> pieces;
-  const auto add_message = [&](const std::string& role, const std::string& content) {
-    pieces.push_back({"<|im_start|>" + role + "\n", true});
-    pieces.push_back({content, false});
-    pieces.push_back({"<|im_end|>\n", true});
-  };
-  if (!instructions.empty()) add_message("system", instructions);
-  for (const auto& m : messages) add_message(m.role, m.content);
-  pieces.push_back({"<|im_start|>assistant\n", true});
-  return pieces;
 }
 
 std::string make_id(std::string_view prefix) {
@@ -417,7 +437,8 @@ json text_done_event(const std::string& response_id, const std::string& text) {
 
 json response_done_event(const std::string& session_id, const std::string& response_id,
                          std::string_view status, const engine::Usage& usage,
-                         const std::optional<ProtocolError>& error) {
+                         const std::optional<ProtocolError>& error, int steps,
+                         const std::vector<StepUsageReport>& step_usage) {
   json response = {
       {"id", response_id},
       {"status", status},
@@ -428,10 +449,66 @@ json response_done_event(const std::string& session_id, const std::string& respo
       {"timings",
        {{"time_to_first_token_s", usage.time_to_first_token_s}, {"total_time_s", usage.total_time_s}}}};
   if (error) response["error"] = error_event(*error)["error"];
+  response["steps"] = steps;
+  json per_step = json::array();
+  int recomputed = 0;
+  for (const StepUsageReport& u : step_usage) {
+    recomputed += u.recomputed_tokens;
+    per_step.push_back({{"prompt_tokens", u.prompt_tokens},
+                        {"reused_tokens", u.reused_tokens},
+                        {"cached_tokens", u.cached_tokens},
+                        {"recomputed_tokens", u.recomputed_tokens},
+                        {"completion_tokens", u.completion_tokens}});
+  }
+  response["usage"]["recomputed_tokens"] = recomputed;
+  response["usage"]["steps"] = std::move(per_step);
   return {{"type", "response.done"},
           {"session_id", session_id},
           {"response_id", response_id},
           {"response", response}};
+}
+
+json reasoning_delta_event(const std::string& response_id, const std::string& delta) {
+  return {{"type", "response.reasoning.delta"}, {"response_id", response_id}, {"delta", delta}};
+}
+
+json function_call_arguments_done_event(const std::string& response_id, const std::string& call_id,
+                                        const std::string& name, const std::string& arguments) {
+  return {{"type", "response.function_call_arguments.done"},
+          {"response_id", response_id},
+          {"call_id", call_id},
+          {"name", name},
+          {"arguments", arguments}};
+}
+
+json requires_action_event(const std::string& response_id, const std::vector<std::string>& call_ids,
+                           int64_t deadline_unix_ms) {
+  return {{"type", "response.requires_action"},
+          {"response_id", response_id},
+          {"call_ids", call_ids},
+          {"deadline", deadline_unix_ms}};
+}
+
+json tool_execution_started_event(const std::string& response_id, const std::string& call_id,
+                                  const std::string& name, const std::string& arguments) {
+  return {{"type", "tool.execution.started"},
+          {"response_id", response_id},
+          {"call_id", call_id},
+          {"name", name},
+          {"arguments", arguments}};
+}
+
+json tool_execution_completed_event(const std::string& response_id, const std::string& call_id,
+                                    const std::string& name, const std::string& output, bool is_error,
+                                    std::string_view error_code) {
+  json event = {{"type", "tool.execution.completed"},
+                {"response_id", response_id},
+                {"call_id", call_id},
+                {"name", name},
+                {"output", output},
+                {"is_error", is_error}};
+  event["error_code"] = is_error ? json(std::string(error_code)) : json(nullptr);
+  return event;
 }
 
 json pong_event(const std::string& client_event_id) {

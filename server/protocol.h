@@ -1,8 +1,7 @@
 // The WebSocket protocol's data layer (docs/protocol.md is the normative spec): parsing and validating a
-// client event from one JSON text frame, building each server event, the `error` event every bad input gets,
-// and render_plain_conversation, which turns a conversation into the prompt text until the chat template
-// takes over. Pure functions over strings and JSON: no sockets, no engine calls, no server state. A parse
-// never throws and never trusts a field's presence or type; every rejection names the field in `param`.
+// client event from one JSON text frame, building each server event (the agent turn loop's included), and
+// the `error` event every bad input gets. Pure functions over strings and JSON: no sockets, no engine calls,
+// no server state. A parse never throws and never trusts a field's presence or type; every rejection names the field in `param`.
 #pragma once
 
 #include <cstdint>
@@ -42,23 +41,43 @@ enum class ClientEventType {
   kPing,
 };
 
+// One conversation item as the session keeps and persists it. Clients add system/user/assistant messages;
+// the turn loop adds assistant steps with their calls and reasoning, and tool results.
 struct ConversationMessage {
-  std::string role;  // system | user | assistant
+  std::string role;  // system | user | assistant | tool
   std::string content;
+  std::optional<std::string> reasoning_content;  // assistant steps of the turn loop
+  // Assistant only: [{"name", "arguments"}], key order as generated (it is rendered back into the prompt).
+  nlohmann::ordered_json tool_calls = nlohmann::ordered_json::array();
+};
+
+// conversation.item.create {"type": "function_call_output", "call_id", "output", "is_error"?}.
+struct FunctionCallOutput {
+  std::string call_id;
+  std::string output;
+  bool is_error = false;
 };
 
 struct SessionConfig {
   std::string agent_id;
   std::string instructions;  // rendered as the system message
   engine::SamplingParams sampling;
-  // Kept and persisted for the agent layer's turn loop; plain generation does not use them yet.
+  // Tool declarations as sent (flat or nested form; checked against the server's ToolRegistry by the
+  // session), tool_choice (auto | none | required | {"type":"function","name"}), thinking, and the
+  // turn loop's generations per response.
   nlohmann::json tools = nlohmann::json::array();
   nlohmann::json tool_choice = "auto";
+  // Off by default: a plain chat client then sees only output text; true renders Qwen3's thinking mode
+  // and streams the reasoning as response.reasoning.delta.
+  bool enable_thinking = false;
   int max_steps = 8;
+  // How long the loop waits for a client tool's function_call_output before it is an error result.
+  int client_tool_timeout_ms = 60000;
 };
 
 inline constexpr size_t kMaxTools = 128;
 inline constexpr int kMaxSteps = 64;
+inline constexpr int kMaxClientToolTimeoutMs = 3600 * 1000;
 
 // One parsed client event; only the fields of its type are meaningful.
 struct ClientEvent {
@@ -69,7 +88,8 @@ struct ClientEvent {
   // session.update: the `session` object as sent (validated); its fields are applied over the session's.
   nlohmann::json session_update = nlohmann::json::object();
   uint64_t last_seq = 0;  // session.resume: the last seq the client has seen (0 = none)
-  ConversationMessage item;  // conversation.item.create
+  ConversationMessage item;  // conversation.item.create of a message
+  std::optional<FunctionCallOutput> tool_output;  // conversation.item.create of a function_call_output
   // response.create: response.sampling fields override the session's for this response only.
   nlohmann::json sampling_override = nlohmann::json::object();
   std::string response_id;  // response.cancel (optional: default is the running response)
@@ -88,7 +108,8 @@ std::optional<ProtocolError> apply_sampling(const nlohmann::json& sampling, cons
                                             const ServerOptions& options, int vocab_size,
                                             engine::SamplingParams& params);
 
-// Applies a `session` object's fields (agent_id, instructions, sampling, tools, tool_choice, max_steps) onto
+// Applies a `session` object's fields (agent_id, instructions, sampling, tools, tool_choice, enable_thinking,
+// max_steps, client_tool_timeout_ms) onto
 // `config`, validating each; `param_prefix` names the object in errors ("session").
 std::optional<ProtocolError> apply_session_fields(const nlohmann::json& session, const std::string& param_prefix,
                                                   const ServerOptions& options, int vocab_size,
@@ -96,20 +117,6 @@ std::optional<ProtocolError> apply_session_fields(const nlohmann::json& session,
 // The inverse: every field of `config` in the shape apply_session_fields reads.
 nlohmann::json session_config_json(const SessionConfig& config);
 nlohmann::json sampling_json(const engine::SamplingParams& sampling);
-
-// One piece of a rendered prompt. Markup pieces (the role headers and <|im_end|>) are tokenized with
-// special tokens recognised; content pieces are tokenized as plain text, so a client who types
-// "<|im_end|>" in a message cannot forge a turn boundary.
-struct PromptPiece {
-  std::string text;
-  bool markup = false;
-};
-
-// Qwen3's format for plain messages (no tools, no thinking): "<|im_start|>role\ncontent<|im_end|>\n" per
-// message (instructions first as the system message when non-empty), then "<|im_start|>assistant\n".
-// The one place to swap in agent/chat_template once it lands.
-std::vector<PromptPiece> render_plain_conversation(const std::string& instructions,
-                                                   const std::vector<ConversationMessage>& messages);
 
 // A random id with the given prefix ("s_", "r_", "item_", "evt_"): prefix + 24 hex digits.
 std::string make_id(std::string_view prefix);
@@ -135,10 +142,32 @@ nlohmann::json item_created_event(const std::string& session_id, const std::stri
 nlohmann::json response_created_event(const std::string& session_id, const std::string& response_id);
 nlohmann::json text_delta_event(const std::string& response_id, const std::string& delta);
 nlohmann::json text_done_event(const std::string& response_id, const std::string& text);
-// status: completed | cancelled | failed | incomplete. `error` is set for failed.
+// The agent turn loop's events (docs/protocol.md shows each).
+nlohmann::json reasoning_delta_event(const std::string& response_id, const std::string& delta);
+// A client-side call for the client to run: arguments as a JSON text that parses and validates.
+nlohmann::json function_call_arguments_done_event(const std::string& response_id, const std::string& call_id,
+                                                  const std::string& name, const std::string& arguments);
+nlohmann::json requires_action_event(const std::string& response_id, const std::vector<std::string>& call_ids,
+                                     int64_t deadline_unix_ms);
+nlohmann::json tool_execution_started_event(const std::string& response_id, const std::string& call_id,
+                                            const std::string& name, const std::string& arguments);
+nlohmann::json tool_execution_completed_event(const std::string& response_id, const std::string& call_id,
+                                              const std::string& name, const std::string& output, bool is_error,
+                                              std::string_view error_code);
+// status: completed | cancelled | failed | incomplete | blocked; `error` is set for all but completed and
+// cancelled. What the turn loop adds to response.done: generations run and each one's usage (prompt, reused, cached,
+// recomputed, completion tokens).
+struct StepUsageReport {
+  int prompt_tokens = 0;
+  int reused_tokens = 0;
+  int cached_tokens = 0;
+  int recomputed_tokens = 0;
+  int completion_tokens = 0;
+};
 nlohmann::json response_done_event(const std::string& session_id, const std::string& response_id,
                                    std::string_view status, const engine::Usage& usage,
-                                   const std::optional<ProtocolError>& error);
+                                   const std::optional<ProtocolError>& error, int steps,
+                                   const std::vector<StepUsageReport>& step_usage);
 nlohmann::json pong_event(const std::string& client_event_id);
 
 // The response.done status for an engine finish: kStop -> completed, kLength -> incomplete,

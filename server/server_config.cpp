@@ -53,7 +53,8 @@ Status read_limits(const json& object, const std::string& path, TenantLimits& li
     } else if (key == "max_concurrent_responses") {
       AS_RETURN_IF_ERROR(read_into(value, p, 1, 1 << 20, limits.max_concurrent_responses));
     } else if (key == "tokens_per_minute") {
-      AS_RETURN_IF_ERROR(read_into(value, p, 0, std::numeric_limits<int64_t>::max(), limits.tokens_per_minute));
+      AS_RETURN_IF_ERROR(
+          read_into(value, p, 0, std::numeric_limits<int64_t>::max(), limits.tokens_per_minute));
     } else if (key == "moderation_fail_open") {
       if (!value.is_boolean()) return wrong(p, "true or false");
       limits.moderation_fail_open = value.get<bool>();
@@ -168,6 +169,16 @@ Result<ServerConfig> parse_server_config(std::string_view json_text, ServerConfi
       }
     } else if (key == "default_tenant_limits") {
       AS_RETURN_IF_ERROR(read_limits(value, key, config.default_limits));
+    } else if (key == "moderation") {
+      auto moderation = agent::moderation_config_from_json(value, config.moderation);
+      if (!moderation.ok())
+        return Status::invalid_argument("config: moderation: " + moderation.status().message());
+      config.moderation = std::move(*moderation);
+    } else if (key == "http_tools") {
+      auto http_tools = tools::http_tools_from_json(value);
+      if (!http_tools.ok())
+        return Status::invalid_argument("config: http_tools: " + http_tools.status().message());
+      config.http_tools = std::move(*http_tools);
     } else {
       AS_RETURN_IF_ERROR(read_option(key, value, config.options));
     }

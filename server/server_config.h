@@ -13,17 +13,21 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/moderation_config.h"
 #include "base/status.h"
 #include "server/auth.h"
 #include "server/server_options.h"
+#include "tools/http_tool.h"
 
 namespace agentserve::server {
 
 struct ServerConfig {
+  agent::ModerationConfig moderation;  // "moderation": off unless it has a url (docs/moderation.md)
   ServerOptions options;
   std::vector<ApiKey> api_keys;
   std::map<std::string, TenantLimits> tenants;
-  TenantLimits default_limits;  // tenants not listed (and "default" in open mode)
+  TenantLimits default_limits;        // tenants not listed (and "default" in open mode)
+  tools::HttpToolsConfig http_tools;  // "http_tools": server-side HTTP tools (docs/tools.md); none by default
 };
 
 // Parses the JSON text of a config file over `base` (fields absent keep base's values). InvalidArgument

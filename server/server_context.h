@@ -1,27 +1,37 @@
 // ServerContext: what every connection of one server shares: options, the engine, metrics, auth, the
-// session registry, and the table of live connections that shutdown walks. Owned by HttpServer; outlives
-// every connection. Plain pointers to things owned by `serve`, which outlive the server.
+// session registry, the agent turn loop's tools and tool-call constraint, and the table of live connections
+// that shutdown walks. Owned by HttpServer; outlives every connection. Plain pointers to things owned by `serve`, which outlive the server.
 //
 // It must never own the engine or the stores, and holds no Beast types (only the transport .cpp files
 // include Beast).
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 
+#include "base/status.h"
 #include "server/server_options.h"
 
 namespace agentserve::engine {
 class Engine;
-}
+class TokenConstraint;
+}  // namespace agentserve::engine
+
+namespace agentserve::tools {
+class ToolRegistry;
+struct ToolSpec;
+}  // namespace agentserve::tools
 
 namespace agentserve::server {
 
 class Auth;
 class Metrics;
+class ServerModeration;
 class SessionRegistry;
 class WsSession;
 
@@ -33,6 +43,14 @@ struct ServerContext {
   // Auth and sessions: always set by `serve` before run(); WsSession and the REST routes use them.
   Auth* auth = nullptr;
   SessionRegistry* sessions = nullptr;
+  // The agent turn loop. `tools`: the server-side tools (built-ins, config HTTP tools) that sessions may
+  // declare; null: client tools only. `tool_call_constraint`: decoding constrained to one call of the given
+  // tools (tool_choice required / named); empty: those choices are refused.
+  const tools::ToolRegistry* tools = nullptr;
+  std::function<Result<std::shared_ptr<engine::TokenConstraint>>(std::span<const tools::ToolSpec* const>)>
+      tool_call_constraint;
+  // Moderation of everything the model says (server/server_moderation.h); null when not configured.
+  ServerModeration* moderation = nullptr;
 
   std::atomic<bool> stopping{false};
   std::mutex connections_mutex;

@@ -24,11 +24,29 @@ RegistryOptions RegistryOptions::from(const ServerOptions& options, int vocab_si
 
 namespace {
 
+// Tool calls are kept as their JSON text: the arguments' key order is part of the prompt, and this json
+// type (unlike the agent's ordered one) would sort it.
 json messages_json(const std::vector<ConversationMessage>& messages, size_t from) {
   json out = json::array();
-  for (size_t i = from; i < messages.size(); ++i)
-    out.push_back({{"role", messages[i].role}, {"content", messages[i].content}});
+  for (size_t i = from; i < messages.size(); ++i) {
+    const ConversationMessage& m = messages[i];
+    json item = {{"role", m.role}, {"content", m.content}};
+    if (m.reasoning_content) item["reasoning_content"] = *m.reasoning_content;
+    if (!m.tool_calls.empty()) item["tool_calls"] = m.tool_calls.dump();
+    out.push_back(std::move(item));
+  }
   return out;
+}
+
+ConversationMessage message_from_json(const json& m) {
+  ConversationMessage message{m.value("role", ""), m.value("content", "")};
+  if (m.contains("reasoning_content") && m["reasoning_content"].is_string())
+    message.reasoning_content = m["reasoning_content"].get<std::string>();
+  if (m.contains("tool_calls") && m["tool_calls"].is_string()) {
+    auto calls = nlohmann::ordered_json::parse(m["tool_calls"].get<std::string>(), nullptr, false);
+    if (calls.is_array()) message.tool_calls = std::move(calls);
+  }
+  return message;
 }
 
 // The tenant a stored metadata record names; empty when it cannot be read.
@@ -117,8 +135,7 @@ Result<std::shared_ptr<Session>> SessionRegistry::load(const Tenant& tenant, std
     const json parsed = json::parse(turn.messages, nullptr, false);
     if (!parsed.is_object() || !parsed.contains("messages") || !parsed["messages"].is_array())
       return Status::corruption("session '" + std::string(id) + "': turn " + std::to_string(turn.index));
-    for (const auto& m : parsed["messages"])
-      session->messages.push_back({m.value("role", ""), m.value("content", "")});
+    for (const auto& m : parsed["messages"]) session->messages.push_back(message_from_json(m));
   }
   session->committed_messages = session->messages.size();
   session->turns = static_cast<uint32_t>(record->turns.size());
@@ -228,6 +245,15 @@ json SessionRegistry::describe(const Session& session) const {
   out["token_count"] = session.tokens.size();
   out["items"] = session.messages.size();
   out["response_running"] = session.running.has_value() && !session.running->warmup;
+  return out;
+}
+
+std::vector<std::shared_ptr<Session>> SessionRegistry::tenant_sessions(const std::string& tenant,
+                                                                       const Session* except) const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<Session>> out;
+  for (const auto& [id, session] : sessions_)
+    if (session.get() != except && session->tenant.name == tenant) out.push_back(session);
   return out;
 }
 

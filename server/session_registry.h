@@ -43,14 +43,15 @@ class EventSink {
   virtual void taken_over(const std::string& session_id) = 0;
 };
 
-// A response that is running: the engine request and the text streamed so far.
+class AgentResponse;  // server/agent_response.h
+
+// A response that is running: a turn loop (`agent`), or a resume's KV warm-up (a prefill-only engine
+// request, never shown, never committed).
 struct RunningResponse {
   std::string id;
-  engine::RequestId request_id = 0;
-  std::string text;
-  std::vector<int32_t> prompt;       // the rendered prompt it was submitted with
-  std::vector<int32_t> completion;   // tokens sampled so far
-  bool warmup = false;  // a resume's KV warm-up (prefill, one token): never shown, never committed
+  engine::RequestId request_id = 0;  // the warm-up's
+  bool warmup = false;
+  std::shared_ptr<AgentResponse> agent;
 };
 
 struct SessionEventRecord {
@@ -77,6 +78,9 @@ struct Session {
   bool deleted = false;
   bool loaded_from_store = false;  // reloaded after a restart and not yet resumed (KV not warmed)
   bool lost_unfinished_turn = false;  // items or a response after the last turn were lost in a crash
+  // Bumped whenever the session's KV pin changes hands (a response starts, a new pin is taken): an idle
+  // pin's expiry timer only unpins the pin it was started for.
+  uint64_t pin_epoch = 0;
 
   uint64_t seq = 0;  // of the last event emitted
   std::deque<SessionEventRecord> replay;
@@ -136,6 +140,8 @@ class SessionRegistry {
   // Deletes sessions idle past the TTL (in memory and in the store) that have no running response.
   // Returns how many. Called by the sweep thread; public for tests.
   size_t sweep_expired(int64_t now_unix_s);
+  // The tenant's sessions in memory, other than `except` (for the KV blocks they share with it).
+  std::vector<std::shared_ptr<Session>> tenant_sessions(const std::string& tenant, const Session* except) const;
   size_t live_sessions() const;
 
  private:

@@ -5,6 +5,9 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "server/agent_response.h"
 
 namespace agentserve::server {
 
@@ -22,6 +25,29 @@ ProtocolError invalid(std::string code, std::string message, std::string param =
 
 ProtocolError session_not_found(const std::string& id) {
   return invalid("session_not_found", "no session '" + id + "' (or it belongs to another tenant)", "session_id");
+}
+
+// The session's tools and tool_choice, checked against the server's registry (a server tool must be a
+// registered one; a named choice must be declared).
+std::optional<ProtocolError> check_session_tools(const ServerContext& context, const SessionConfig& config,
+                                                 const std::string& prefix) {
+  auto tools = session_tools(context, config);
+  if (!tools.ok()) return invalid("invalid_tools", tools.status().message(), prefix + ".tools");
+  auto choice = session_tool_choice(config, *tools);
+  if (!choice.ok()) return invalid("invalid_tool_choice", choice.status().message(), prefix + ".tool_choice");
+  if ((choice->mode == agent::ToolChoiceMode::kRequired || choice->mode == agent::ToolChoiceMode::kNamed) &&
+      !context.tool_call_constraint)
+    return invalid("invalid_tool_choice", "this server has no constrained decoding for tool_choice",
+                   prefix + ".tool_choice");
+  return std::nullopt;
+}
+
+// The longest prefix of `tokens` that another session's token ids start with too.
+int shared_prefix(const std::vector<int32_t>& tokens, const std::vector<int32_t>& other) {
+  const size_t n = std::min(tokens.size(), other.size());
+  size_t i = 0;
+  while (i < n && tokens[i] == other[i]) ++i;
+  return static_cast<int>(i);
 }
 
 }  // namespace
@@ -154,6 +180,10 @@ void WsSession::on_session_create(const ClientEvent& event) {
   if (static_cast<int>(sessions_.size()) >= limit)
     return send_error(invalid("limit_exceeded", "at most " + std::to_string(limit) + " sessions per connection"),
                       event.event_id);
+  if (auto error = check_session_tools(context_, event.session, "session")) {
+    error->event_id = event.event_id;
+    return send_error(std::move(*error));
+  }
   auto created = context_.sessions->create(*tenant_, event.session);
   if (!created.ok()) {
     const bool limit_hit = created.status().code() == StatusCode::kResourceExhausted;
@@ -186,13 +216,10 @@ void WsSession::on_session_resume(const ClientEvent& event) {
   report.replay_complete = context_.sessions->attach(*session, shared_from_this(), event.last_seq);
   std::erase(sessions_, session);
   sessions_.push_back(session);
-  if (session->loaded_from_store && !session->running) {
-    // After a restart: bring the conversation's KV back (from disk where it was spilled) with a one-token
-    // greedy request; session.resumed follows when it ends, with what was restored and what recomputed.
-    engine::SamplingParams warm;
-    warm.temperature = 0;
-    warm.max_tokens = 1;
-    if (start_response(session, warm, /*warmup=*/true, event.event_id).ok()) return;
+  if (session->loaded_from_store && !session->running && !session->tokens.empty()) {
+    // After a restart: bring the conversation's KV back (from disk where it was spilled) with a prefill-only
+    // request; session.resumed follows when it ends, with what was restored and what recomputed.
+    if (start_warmup(session).ok()) return;
   }
   report.turns = session->turns;
   report.lost_unfinished_turn = session->lost_unfinished_turn;
@@ -205,7 +232,9 @@ void WsSession::on_session_update(const ClientEvent& event) {
   std::lock_guard lock(session->mutex);
   SessionConfig config = session->config;
   const int vocab = static_cast<int>(context_.engine->config().vocab_size);
-  if (auto error = apply_session_fields(event.session_update, "session", context_.options, vocab, config)) {
+  auto error = apply_session_fields(event.session_update, "session", context_.options, vocab, config);
+  if (!error) error = check_session_tools(context_, config, "session");
+  if (error) {
     error->event_id = event.event_id;
     return send_error(std::move(*error));
   }
@@ -233,19 +262,34 @@ std::shared_ptr<Session> WsSession::find_session(const ClientEvent& event) {
 void WsSession::on_session_delete(const ClientEvent& event) {
   auto session = find_session(event);
   if (!session) return;
+  std::vector<int32_t> tokens;
   {
-    // A running response is cancelled; its callback sees the session deleted and commits nothing.
+    // A running response is cancelled; its callbacks see the session deleted and commit nothing.
     std::lock_guard lock(session->mutex);
-    if (session->running) context_.engine->cancel(session->running->request_id);
+    if (session->running) {
+      if (session->running->agent) session->running->agent->cancel();
+      else context_.engine->cancel(session->running->request_id);
+    }
+    tokens = session->tokens;
+    ++session->pin_epoch;
   }
   std::erase(sessions_, session);
   if (Status erased = context_.sessions->erase(*tenant_, session->id); !erased.ok())
-    send_error(error_from_status(erased, "store_error", "session_id"), event.event_id);
+    return send_error(error_from_status(erased, "store_error", "session_id"), event.event_id);
+  // Its KV goes too, except the blocks another live session of the tenant still starts with.
+  context_.engine->unpin(session->id);
+  int keep = 0;
+  for (const auto& other : context_.sessions->tenant_sessions(session->tenant.name, session.get())) {
+    std::lock_guard lock(other->mutex);
+    keep = std::max(keep, shared_prefix(tokens, other->tokens));
+  }
+  if (!tokens.empty()) context_.engine->discard(std::move(tokens), session->tenant.cache_salt, keep);
 }
 
 void WsSession::on_item_create(const ClientEvent& event) {
   auto session = find_session(event);
   if (!session) return;
+  if (event.tool_output) return on_tool_output(session, *event.tool_output, event.event_id);
   std::lock_guard lock(session->mutex);
   // The assistant's answer is appended when the response ends; an item in between would land before it.
   if (session->running)
@@ -263,14 +307,23 @@ void WsSession::on_item_create(const ClientEvent& event) {
   context_.sessions->emit(*session, item_created_event(session->id, make_id("item_"), event.item));
 }
 
-std::vector<int32_t> WsSession::render_prompt(const Session& session) const {
-  const auto& tokenizer = context_.engine->tokenizer();
-  std::vector<int32_t> ids;
-  for (const PromptPiece& piece : render_plain_conversation(session.config.instructions, session.messages)) {
-    const std::vector<int32_t> piece_ids = tokenizer.encode(piece.text, /*parse_special=*/piece.markup);
-    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+void WsSession::on_tool_output(const std::shared_ptr<Session>& session, const FunctionCallOutput& output,
+                               const std::string& event_id) {
+  std::shared_ptr<AgentResponse> agent;
+  {
+    std::lock_guard lock(session->mutex);
+    if (session->running) agent = session->running->agent;
   }
-  return ids;
+  if (!agent)
+    return send_error(invalid("unknown_call_id", "no response is waiting for call '" + output.call_id + "'",
+                              "item.call_id"),
+                      event_id);
+  agent->submit_tool_output(output, [self = shared_from_this(), call_id = output.call_id, event_id](Status status) {
+    if (status.ok()) return;
+    net::post(self->ws_.get_executor(), [self, status, call_id, event_id] {
+      self->send_error(invalid("unknown_call_id", status.message(), "item.call_id"), event_id);
+    });
+  });
 }
 
 void WsSession::on_response_create(const ClientEvent& event) {
@@ -303,33 +356,73 @@ void WsSession::on_response_create(const ClientEvent& event) {
                          "the tenant has used its tokens for this minute", "", ""},
                         event.event_id);
   }
-  if (Status started = start_response(session, std::move(sampling), false, event.event_id); !started.ok())
+  if (Status started = start_agent_response(session, std::move(sampling), event.event_id); !started.ok())
     context_.auth->end_response(session->tenant, 0);
 }
 
-Status WsSession::start_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
-                                 bool warmup, const std::string& event_id) {
+Scheduler WsSession::scheduler() {
+  return [executor = ws_.get_executor()](std::chrono::steady_clock::time_point when, std::function<void()> fn) {
+    auto timer = std::make_shared<net::steady_timer>(executor, when);
+    timer->async_wait([timer, fn = std::move(fn)](beast::error_code ec) {
+      if (!ec) fn();
+    });
+  };
+}
+
+Status WsSession::start_agent_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
+                                       const std::string& event_id) {
+  const std::string response_id = make_id("r_");
+  agent::Executor post = [executor = ws_.get_executor()](std::function<void()> fn) {
+    net::post(executor, std::move(fn));
+  };
+  auto created = AgentResponse::create(context_, session, response_id, std::move(sampling), post, scheduler());
+  if (!created.ok()) {
+    send_error(error_from_status(created.status(), "invalid_session_tools", "session.tools"), event_id);
+    return created.status();
+  }
+  RunningResponse running;
+  running.id = response_id;
+  running.agent = *created;
+  session->running = std::move(running);
+  // Its KV is in use now: the idle pin of the previous wait ends.
+  ++session->pin_epoch;
+  context_.engine->unpin(session->id);
+  if (Status saved = context_.sessions->save_metadata(*session); !saved.ok())
+    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
+  context_.sessions->emit(*session, response_created_event(session->id, response_id));
+  // The loop's sink takes the session's lock, so the loop starts once the caller has released it.
+  net::post(ws_.get_executor(), [self = shared_from_this(), session, agent = *created, event_id] {
+    const Status started = agent->start();
+    if (started.ok()) return;
+    std::lock_guard lock(session->mutex);
+    if (session->running && session->running->agent == agent) session->running.reset();
+    self->context_.auth->end_response(session->tenant, 0);
+    ProtocolError error = error_from_status(started, "response_failed", "response");
+    if (!session->deleted)
+      self->context_.sessions->emit(*session,
+                                    response_done_event(session->id, agent->id(), "failed", {}, error, 0, {}));
+  });
+  return Status::ok_status();
+}
+
+Status WsSession::start_warmup(const std::shared_ptr<Session>& session) {
   engine::GenerationRequest request;
-  request.prompt = render_prompt(*session);
-  request.sampling = std::move(sampling);
+  request.prompt = session->tokens;
+  request.prefill_only = true;
+  request.sampling.temperature = 0;
+  request.sampling.max_tokens = 1;
   request.cache_salt = session->tenant.cache_salt;
-  std::vector<int32_t> prompt = request.prompt;
-  // Events hop to this connection's strand (which outlives the connection itself), one at a time in order;
-  // the session rides along, so the response finishes and commits even with no client attached.
+  // Events hop to this connection's strand (which outlives the connection itself); the session rides along.
   request.on_event = [session, executor = ws_.get_executor(), context = &context_](const engine::GenerationEvent& ev) {
     net::post(executor, [session, context, ev] { deliver(*context, session, ev); });
   };
   auto submitted = context_.engine->submit(std::move(request));
-  if (!submitted.ok()) {
-    if (!warmup) send_error(error_from_status(submitted.status(), "request_rejected", "response"), event_id);
-    return submitted.status();
-  }
-  const std::string response_id = make_id("r_");
-  session->running = RunningResponse{response_id, *submitted, "", std::move(prompt), {}, warmup};
-  if (warmup) return Status::ok_status();
-  if (Status saved = context_.sessions->save_metadata(*session); !saved.ok())
-    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
-  context_.sessions->emit(*session, response_created_event(session->id, response_id));
+  if (!submitted.ok()) return submitted.status();
+  RunningResponse running;
+  running.id = make_id("r_");
+  running.request_id = *submitted;
+  running.warmup = true;
+  session->running = std::move(running);
   return Status::ok_status();
 }
 
@@ -341,55 +434,23 @@ void WsSession::on_response_cancel(const ClientEvent& event) {
   if (!running || running->warmup || (!event.response_id.empty() && event.response_id != running->id))
     return send_error(invalid("response_not_found", "no such response is running", "response_id"),
                       event.event_id);
-  context_.engine->cancel(running->request_id);  // response.done (cancelled) follows from the engine
+  running->agent->cancel();  // response.done (cancelled) follows from the loop
 }
 
 void WsSession::deliver(ServerContext& context, const std::shared_ptr<Session>& session,
                         const engine::GenerationEvent& event) {
-  std::lock_guard lock(session->mutex);
-  if (!session->running || session->running->request_id != event.request_id) return;
-  RunningResponse& response = *session->running;
-  SessionRegistry& registry = *context.sessions;
-  response.completion.insert(response.completion.end(), event.tokens.begin(), event.tokens.end());
-  if (response.warmup) {
-    if (!event.finished) return;
-    ResumeReport report;
-    report.turns = session->turns;
-    report.lost_unfinished_turn = session->lost_unfinished_turn;
-    report.restored_tokens = event.usage.cached_tokens;
-    report.recomputed_tokens = event.usage.prompt_tokens - event.usage.cached_tokens;
-    session->running.reset();
-    session->loaded_from_store = false;
-    if (!session->deleted) registry.emit(*session, session_resumed_event(registry.describe(*session), report));
-    return;
-  }
-  if (!event.text.empty()) {
-    response.text += event.text;
-    if (!session->deleted) registry.emit(*session, text_delta_event(response.id, event.text));
-  }
   if (!event.finished) return;
-  const std::string_view status = response_status(event.finish_reason);
-  context.auth->end_response(session->tenant, event.usage.prompt_tokens - event.usage.cached_tokens +
-                                                  event.usage.completion_tokens);
-  context.metrics->record_response(status, event.usage);
-  const RunningResponse finished = std::move(response);
+  std::lock_guard lock(session->mutex);
+  if (!session->running || !session->running->warmup || session->running->request_id != event.request_id) return;
+  ResumeReport report;
+  report.turns = session->turns;
+  report.lost_unfinished_turn = session->lost_unfinished_turn;
+  report.restored_tokens = event.usage.restored_tokens;
+  report.recomputed_tokens = event.usage.prompt_tokens - event.usage.cached_tokens;
   session->running.reset();
-  if (session->deleted) return;
-  std::optional<ProtocolError> error;
-  if (status == "completed" || status == "incomplete") {
-    session->messages.push_back({"assistant", finished.text});
-    std::vector<int32_t> tokens = finished.prompt;
-    tokens.insert(tokens.end(), finished.completion.begin(), finished.completion.end());
-    if (Status committed = registry.commit_turn(*session, std::move(tokens)); !committed.ok()) {
-      spdlog::error("session {}: committing turn {}: {}", session->id, session->turns, committed.to_string());
-      error = error_from_status(committed, "persist_failed");
-    }
-  } else if (Status saved = registry.save_metadata(*session); !saved.ok()) {
-    spdlog::warn("session {}: saving metadata: {}", session->id, saved.to_string());
-  }
-  if (event.finish_reason == engine::FinishReason::kError) error = error_from_status(event.error, "engine_error");
-  registry.emit(*session, text_done_event(finished.id, finished.text));
-  registry.emit(*session, response_done_event(session->id, finished.id, status, event.usage, error));
+  session->loaded_from_store = false;
+  if (!session->deleted)
+    context.sessions->emit(*session, session_resumed_event(context.sessions->describe(*session), report));
 }
 
 bool WsSession::any_running() const {
@@ -400,8 +461,12 @@ bool WsSession::any_running() const {
 }
 
 void WsSession::deliver_frame(std::string frame) {
-  net::post(ws_.get_executor(),
-            [self = shared_from_this(), frame = std::move(frame)]() mutable { self->queue_frame(std::move(frame)); });
+  // Counted until queued: a close once nothing runs must not overtake a response's last events on their way.
+  ++frames_in_flight_;
+  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+    --self->frames_in_flight_;
+    self->queue_frame(std::move(frame));
+  });
 }
 
 void WsSession::taken_over(const std::string& session_id) {
@@ -449,7 +514,7 @@ void WsSession::on_write(beast::error_code ec, size_t) {
   queued_bytes_ -= queue_.front().size();
   queue_.pop_front();
   if (!queue_.empty()) return do_write();
-  if (closing_ && !closed_ && !any_running()) close_when_flushed();
+  if (closing_ && !closed_ && !any_running() && frames_in_flight_ == 0) close_when_flushed();
 }
 
 void WsSession::close_when_flushed() {
@@ -474,9 +539,11 @@ void WsSession::shutdown() {
     self->closing_ = true;
     for (const auto& s : self->sessions_) {
       std::lock_guard lock(s->mutex);
-      if (s->running) self->context_.engine->cancel(s->running->request_id);
+      if (!s->running) continue;
+      if (s->running->agent) s->running->agent->cancel();
+      else self->context_.engine->cancel(s->running->request_id);
     }
-    if (!self->any_running()) self->close_when_flushed();
+    if (!self->any_running() && self->frames_in_flight_ == 0) self->close_when_flushed();
   });
 }
 

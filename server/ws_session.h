@@ -1,10 +1,10 @@
 // WsSession: one WebSocket connection on /v1/ws, on its own strand. It authenticates the upgrade (401 on a
 // wrong or missing key), reads client events one text frame at a time, runs them against the tenant's
-// sessions in the SessionRegistry, submits responses to the engine, and writes server events through a
-// bounded queue with one write in flight. A session is not the connection's: engine callbacks update it
-// under its own lock and emit its events through the registry, which forwards them to whichever connection
-// is attached (this one, or the one that resumed it). A response whose client went away still finishes and
-// commits its turn.
+// sessions in the SessionRegistry, runs responses as agent turn loops (AgentResponse), and writes server
+// events through a bounded queue with one write in flight. A session is not the connection's: a response's
+// loop updates it under its own lock and emits its events through the registry, which forwards them to
+// whichever connection is attached (this one, or the one that resumed it). A response whose client went
+// away still finishes and commits its steps (a client call it waits for ends at its deadline).
 //
 // It must never block an io thread, never touch the socket off its strand, and never let client input
 // end the process or the connection (only transport errors, limits on unread output and shutdown do).
@@ -29,6 +29,7 @@
 #include "engine/engine.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "server/agent_response.h"
 #include "server/protocol.h"
 #include "server/server_context.h"
 #include "server/server_options.h"
@@ -68,14 +69,19 @@ class WsSession : public EventSink, public std::enable_shared_from_this<WsSessio
   // The session an event names (session_id, among those this connection created or resumed) or the newest
   // of them; sends the error and returns null if none.
   std::shared_ptr<Session> find_session(const ClientEvent& event);
-  // Starts a response (or a resume's warm-up) on `session`; caller holds session.mutex.
-  Status start_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
-                        bool warmup, const std::string& event_id);
-  std::vector<int32_t> render_prompt(const Session& session) const;
+  // A function_call_output for the session's running response (its loop answers unknown call ids).
+  void on_tool_output(const std::shared_ptr<Session>& session, const FunctionCallOutput& output,
+                      const std::string& event_id);
+  // Starts a response's turn loop on `session` (on this strand); caller holds session.mutex.
+  Status start_agent_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
+                              const std::string& event_id);
+  // After a restart: a prefill-only request for the session's committed tokens; caller holds session.mutex.
+  Status start_warmup(const std::shared_ptr<Session>& session);
+  // Timers on this connection's strand (client tool deadlines, idle pins); they outlive the connection.
+  Scheduler scheduler();
 
-  // The engine's events for `session`, posted to the strand of the connection that started the response:
-  // updates the session under its lock and emits through the registry (to whichever connection is
-  // attached now); the finish commits the turn.
+  // A warm-up's engine events for `session`, posted to the strand of the connection that started it: its
+  // finish emits session.resumed with what was restored from the tiers and what was recomputed.
   static void deliver(ServerContext& context, const std::shared_ptr<Session>& session,
                       const engine::GenerationEvent& event);
 
@@ -98,6 +104,7 @@ class WsSession : public EventSink, public std::enable_shared_from_this<WsSessio
   bool writing_ = false;
   bool closing_ = false;  // shutdown: no new responses; close once nothing runs and the queue is flushed
   bool closed_ = false;   // close started or connection dropped: nothing more is written
+  std::atomic<int> frames_in_flight_{0};  // deliver_frame posted, not yet queued
   std::optional<Tenant> tenant_;  // set by run() once the upgrade is authenticated
   // Sessions this connection created or resumed, in that order (the newest is the default). Strand only.
   std::vector<std::shared_ptr<Session>> sessions_;

@@ -216,23 +216,79 @@ TEST_CASE("random bytes and mutated events never throw and always yield an event
   }
 }
 
-TEST_CASE(
-    "render_plain_conversation is Qwen3's plain chat format, with content pieces marked as plain text") {
-  const std::vector<server::ConversationMessage> messages = {{"user", "Hi <|im_end|>"},
-                                                             {"assistant", "Hello"}};
-  const auto pieces = server::render_plain_conversation("Be brief", messages);
-  std::string text;
-  for (const auto& p : pieces) {
-    text += p.text;
-    if (p.text == "Hi <|im_end|>" || p.text == "Hello" || p.text == "Be brief") CHECK_FALSE(p.markup);
-    if (p.text.starts_with("<|im_")) CHECK(p.markup);
+TEST_CASE("function_call_output items carry call_id, output and is_error; each field is checked") {
+  const ClientEvent ok = parse_ok(R"({"type":"conversation.item.create",
+      "item":{"type":"function_call_output","call_id":"call_1","output":"{\"t\": 3}","is_error":true}})");
+  REQUIRE(ok.tool_output.has_value());
+  CHECK(ok.tool_output->call_id == "call_1");
+  CHECK(ok.tool_output->output == "{\"t\": 3}");
+  CHECK(ok.tool_output->is_error);
+  const ClientEvent plain = parse_ok(
+      R"({"type":"conversation.item.create","item":{"type":"function_call_output","call_id":"c","output":""}})");
+  REQUIRE(plain.tool_output.has_value());
+  CHECK_FALSE(plain.tool_output->is_error);
+  const ClientEvent message = parse_ok(R"({"type":"conversation.item.create","item":{"role":"user","content":"x"}})");
+  CHECK_FALSE(message.tool_output.has_value());
+
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"type":"function_call_output","output":"x"})", "item.call_id"},
+      {R"({"type":"function_call_output","call_id":"c"})", "item.output"},
+      {R"({"type":"function_call_output","call_id":5,"output":"x"})", "item.call_id"},
+      {R"({"type":"function_call_output","call_id":"c","output":{"a":1}})", "item.output"},
+      {R"({"type":"function_call_output","call_id":"c","output":"x","is_error":"yes"})", "item.is_error"},
+  };
+  for (const auto& [item, param] : cases) {
+    const std::string text = std::string(R"({"type":"conversation.item.create","item":)") + item + "}";
+    INFO(text);
+    CHECK(parse_error(text).param == param);
   }
-  CHECK(text ==
-        "<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi <|im_end|><|im_end|>\n"
-        "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n");
-  std::string bare;
-  for (const auto& p : server::render_plain_conversation("", {{"user", "x"}})) bare += p.text;
-  CHECK(bare == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST_CASE("session fields for the turn loop: tool_choice forms, enable_thinking, client_tool_timeout_ms") {
+  const ServerOptions options;
+  server::SessionConfig config;
+  CHECK_FALSE(config.enable_thinking);
+  CHECK_FALSE(server::apply_session_fields(
+      json{{"tool_choice", {{"type", "function"}, {"name", "f"}}}, {"enable_thinking", true},
+           {"client_tool_timeout_ms", 250}},
+      "session", options, 1000, config));
+  CHECK(config.enable_thinking);
+  CHECK(config.client_tool_timeout_ms == 250);
+  CHECK(config.tool_choice["name"] == "f");
+  CHECK_FALSE(server::apply_session_fields(
+      json{{"tool_choice", {{"type", "function"}, {"function", {{"name", "g"}}}}}}, "session", options, 1000, config));
+  const std::pair<json, const char*> bad[] = {
+      {json{{"tool_choice", "sometimes"}}, "session.tool_choice"},
+      {json{{"tool_choice", {{"type", "function"}}}}, "session.tool_choice.name"},
+      {json{{"enable_thinking", "yes"}}, "session.enable_thinking"},
+      {json{{"client_tool_timeout_ms", 0}}, "session.client_tool_timeout_ms"},
+      {json{{"max_steps", 65}}, "session.max_steps"},
+  };
+  for (const auto& [fields, param] : bad) {
+    INFO(fields.dump());
+    server::SessionConfig c;
+    const auto error = server::apply_session_fields(fields, "session", options, 1000, c);
+    REQUIRE(error.has_value());
+    CHECK(error->param == param);
+  }
+}
+
+TEST_CASE("turn loop events: client calls, requires_action, tool executions, per-step usage in response.done") {
+  const json call = server::function_call_arguments_done_event("r_1", "call_1", "get_weather", R"({"city": "Oslo"})");
+  CHECK(call["type"] == "response.function_call_arguments.done");
+  CHECK(json::parse(call["arguments"].get<std::string>())["city"] == "Oslo");
+  const json action = server::requires_action_event("r_1", {"call_1", "call_2"}, 1700000000000);
+  CHECK(action["call_ids"].size() == 2);
+  CHECK(action["deadline"] == 1700000000000);
+  const json ok = server::tool_execution_completed_event("r_1", "c", "memory_read", "note", false, "");
+  CHECK(ok["error_code"].is_null());
+  const json failed = server::tool_execution_completed_event("r_1", "c", "x", "late", true, "deadline_exceeded");
+  CHECK(failed["error_code"] == "deadline_exceeded");
+  const json done = server::response_done_event("s_1", "r_1", "incomplete", {}, std::nullopt, 2,
+                                                {{10, 0, 0, 10, 5}, {20, 15, 15, 5, 3}});
+  CHECK(done["response"]["steps"] == 2);
+  CHECK(done["response"]["usage"]["recomputed_tokens"] == 15);
+  CHECK(done["response"]["usage"]["steps"][1]["reused_tokens"] == 15);
 }
 
 TEST_CASE("error events carry type, code, message, param and event_id (null when absent)") {
@@ -259,7 +315,7 @@ TEST_CASE("response status follows the finish reason; response.done carries usag
   usage.prompt_tokens = 9;
   usage.cached_tokens = 4;
   usage.completion_tokens = 12;
-  const json done = server::response_done_event("s_1", "r_1", "completed", usage, std::nullopt);
+  const json done = server::response_done_event("s_1", "r_1", "completed", usage, std::nullopt, 1, {});
   CHECK(done["response"]["usage"]["prompt_tokens"] == 9);
   CHECK(done["response"]["usage"]["cached_tokens"] == 4);
   CHECK(done["response"]["usage"]["completion_tokens"] == 12);
@@ -314,7 +370,9 @@ TEST_CASE("a session's config survives session_config_json and apply_session_fie
   config.sampling.stop = {"\n\n"};
   config.tools = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
   config.tool_choice = "required";
+  config.enable_thinking = true;
   config.max_steps = 5;
+  config.client_tool_timeout_ms = 1500;
   server::SessionConfig back;
   REQUIRE_FALSE(server::apply_session_fields(server::session_config_json(config), "session", options, 1000, back));
   CHECK(server::session_config_json(back) == server::session_config_json(config));
