@@ -42,6 +42,7 @@ struct TierSetup {
   std::filesystem::path data_dir;
   uint64_t seed = 7;
   size_t disk_quota_bytes = size_t{64} << 30;
+  int block_size = 16;  // kTinyBlockBytes is for 16; other sizes scale it
 };
 
 std::unique_ptr<Engine> open_engine(const TierSetup& setup) {
@@ -49,13 +50,15 @@ std::unique_ptr<Engine> open_engine(const TierSetup& setup) {
   options.model_dir = test_model_dir("tiny", DType::kF32, setup.seed);
   options.n_threads = 2;
   options.max_step_tokens = 256;
-  options.kv_cache_bytes = setup.kv_blocks * kTinyBlockBytes;
-  options.host_kv_bytes = setup.host_blocks * kTinyBlockBytes;
+  options.block_size = setup.block_size;
+  const size_t block_bytes = kTinyBlockBytes * static_cast<size_t>(setup.block_size) / 16;
+  options.kv_cache_bytes = setup.kv_blocks * block_bytes;
+  options.host_kv_bytes = setup.host_blocks * block_bytes;
   options.data_dir = setup.data_dir;
   options.disk_kv_quota_bytes = setup.disk_quota_bytes;
   auto engine = Engine::open(options);
   REQUIRE_MESSAGE(engine.ok(), engine.status().to_string());
-  REQUIRE((*engine)->kv_layout().block_stride() == kTinyBlockBytes);
+  REQUIRE((*engine)->kv_layout().block_stride() == block_bytes);
   return std::move(*engine);
 }
 
@@ -175,6 +178,21 @@ TEST_CASE("a data_dir written by another model restores nothing and the output i
 
   const Generation expected = run(*open_engine({.seed = 8}), prompt);
   auto other = open_engine({.data_dir = dir.path, .seed = 8});
+  const Generation g = run(*other, prompt);
+  CHECK(g.usage.cached_tokens == 0);
+  CHECK(other->counters().restored_tokens == 0);
+  CHECK(settled_counters(*other).prefill_tokens == 2000);
+  CHECK(g.tokens == expected.tokens);
+}
+
+TEST_CASE("a data_dir written with another block size restores nothing and the output is still right") {
+  TempDir dir("other-block-size");
+  std::mt19937 rng(16);
+  const auto prompt = random_ids(rng, 2000);
+  (void)serve_and_close(dir.path, prompt);  // 16-token blocks
+
+  const Generation expected = run(*open_engine({.block_size = 32}), prompt);
+  auto other = open_engine({.kv_blocks = 2048, .data_dir = dir.path, .block_size = 32});
   const Generation g = run(*other, prompt);
   CHECK(g.usage.cached_tokens == 0);
   CHECK(other->counters().restored_tokens == 0);
