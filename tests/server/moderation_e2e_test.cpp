@@ -26,6 +26,7 @@
 #include <boost/asio/write.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../agent/moderation_service_process.h"
 #include "server_process.h"
 #include "ws_test_client.h"
 
@@ -42,54 +43,14 @@ constexpr const char* kSecret = "whsec_c2VjcmV0LWZvci10ZXN0cw==";  // base64("se
 constexpr int kWindow = 4;
 constexpr int kMaxTokens = 24;
 
-// The example webhook as a child process; "PORT n" on its stdout says where it listens.
-struct ModerationService {
-  pid_t pid = -1;
-  int port = 0;
-  int stdout_fd = -1;
-
-  explicit ModerationService(std::vector<std::string> extra) {
-    std::vector<std::string> args = {"/usr/bin/python3",
-                                     std::string(AGENTSERVE_SOURCE_DIR) + "/examples/moderation_service.py",
-                                     "--port", "0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    int out[2];
-    REQUIRE(::pipe(out) == 0);
-    pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::dup2(out[1], STDOUT_FILENO);
-      ::close(out[0]);
-      ::close(out[1]);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    std::string text;
-    pollfd pfd{out[0], POLLIN, 0};
-    while (text.find('\n') == std::string::npos && ::poll(&pfd, 1, 20000) > 0) {
-      char buf[64];
-      const ssize_t n = ::read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      text.append(buf, static_cast<size_t>(n));
-    }
-    stdout_fd = out[0];
-    REQUIRE_MESSAGE(text.starts_with("PORT "), "moderation service printed: " << text);
-    port = std::stoi(text.substr(5));
+// The example webhook as a child process (the moderation tests' shared helper), plus its request count.
+struct ModerationService : agentserve::agent::testing::ModerationServiceProcess {
+  explicit ModerationService(std::vector<std::string> extra)
+      : ModerationServiceProcess(AGENTSERVE_SOURCE_DIR "/examples/moderation_service.py", std::move(extra)) {
+    REQUIRE_MESSAGE(ok(), "examples/moderation_service.py did not announce its port");
   }
-  ~ModerationService() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    if (stdout_fd >= 0) ::close(stdout_fd);
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port) + "/moderate"; }
   int requests() const {
-    const auto reply = agentserve::test::http_request(port, http::verb::get, "/stats");
+    const auto reply = agentserve::test::http_request(port(), http::verb::get, "/stats");
     return json::parse(reply.body)["requests"].get<int>();
   }
 };
