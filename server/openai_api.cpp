@@ -274,13 +274,7 @@ std::vector<json> ChatCompletionBuilder::finish(engine::FinishReason reason, con
   finish_reason_ = !tool_calls_.empty()                      ? "tool_calls"
                    : reason == engine::FinishReason::kLength ? "length"
                                                              : "stop";
-  chunks.push_back(chunk(json::object(), finish_reason_));
-  if (include_usage) {
-    json last = chunk(json::object(), nullptr);
-    last["choices"] = json::array();
-    last["usage"] = completion()["usage"];
-    chunks.push_back(std::move(last));
-  }
+  for (json& c : closing_chunks(include_usage)) chunks.push_back(std::move(c));
   return chunks;
 }
 
@@ -295,11 +289,7 @@ json ChatCompletionBuilder::completion() const {
           {"model", model_},
           {"choices",
            json::array({{{"index", 0}, {"message", std::move(message)}, {"finish_reason", finish_reason_}}})},
-          {"usage",
-           {{"prompt_tokens", usage_.prompt_tokens},
-            {"completion_tokens", usage_.completion_tokens},
-            {"total_tokens", usage_.prompt_tokens + usage_.completion_tokens},
-            {"prompt_tokens_details", {{"cached_tokens", usage_.cached_tokens}}}}}};
+          {"usage", usage_json()}};
 }
 
 std::vector<json> ChatCompletionBuilder::finish_filtered(const engine::Usage& usage, bool include_usage) {
@@ -308,15 +298,26 @@ std::vector<json> ChatCompletionBuilder::finish_filtered(const engine::Usage& us
   reasoning_.clear();
   tool_calls_ = json::array();
   finish_reason_ = "content_filter";
+  return closing_chunks(include_usage);
+}
+
+std::vector<json> ChatCompletionBuilder::closing_chunks(bool include_usage) const {
   std::vector<json> chunks;
   chunks.push_back(chunk(json::object(), finish_reason_));
   if (include_usage) {
     json last = chunk(json::object(), nullptr);
     last["choices"] = json::array();
-    last["usage"] = completion()["usage"];
+    last["usage"] = usage_json();
     chunks.push_back(std::move(last));
   }
   return chunks;
+}
+
+json ChatCompletionBuilder::usage_json() const {
+  return {{"prompt_tokens", usage_.prompt_tokens},
+          {"completion_tokens", usage_.completion_tokens},
+          {"total_tokens", usage_.prompt_tokens + usage_.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", usage_.cached_tokens}}}};
 }
 
 json moderation_error_body(const std::vector<std::string>& categories, std::string_view reason, bool input) {

@@ -93,6 +93,9 @@ class ChatCompletionBuilder {
 
  private:
   nlohmann::json chunk(nlohmann::json delta, const nlohmann::json& finish_reason) const;
+  nlohmann::json usage_json() const;
+  // The chunk carrying finish_reason_, then the usage chunk when asked for.
+  std::vector<nlohmann::json> closing_chunks(bool include_usage) const;
   void apply(std::vector<agent::TurnEvent>& events, std::vector<nlohmann::json>& chunks);
 
   std::string id_, model_;
