@@ -15,9 +15,16 @@ const std::set<std::string>& annotation_keywords() {
   return keys;
 }
 
+const std::set<std::string>& unenforced_keywords() {
+  static const std::set<std::string> keys = {"minLength",        "minimum", "maximum",    "exclusiveMinimum",
+                                             "exclusiveMaximum", "pattern", "multipleOf", "format"};
+  return keys;
+}
+
 class SchemaCompiler {
  public:
-  SchemaCompiler(Grammar& grammar, const json& root) : g_(grammar), root_(root) {}
+  SchemaCompiler(Grammar& grammar, const json& root, const JsonSchemaGrammarOptions& options)
+      : g_(grammar), root_(root), options_(options) {}
 
   Result<int> compile(const json& schema, const std::string& path) {
     if (++depth_ > 64) return Status::invalid_argument("schema nests deeper than 64 levels at " + path);
@@ -194,10 +201,11 @@ class SchemaCompiler {
     return g_.add_literal(value.dump(-1, ' ', false, json::error_handler_t::replace));
   }
 
-  static Status check_keys(const json& schema, const std::string& path, const std::set<std::string>& allowed,
-                           bool allow_defs = false) {
+  Status check_keys(const json& schema, const std::string& path, const std::set<std::string>& allowed,
+                    bool allow_defs = false) const {
     for (auto it = schema.begin(); it != schema.end(); ++it) {
       if (allowed.count(it.key()) || annotation_keywords().count(it.key())) continue;
+      if (options_.skip_unenforced_keywords && unenforced_keywords().count(it.key())) continue;
       if (allow_defs && (it.key() == "$defs" || it.key() == "definitions")) continue;
       return Status::invalid_argument("unsupported keyword \"" + it.key() + "\" at " + path);
     }
@@ -206,20 +214,22 @@ class SchemaCompiler {
 
   Grammar& g_;
   const json& root_;
+  JsonSchemaGrammarOptions options_;
   std::map<std::string, int> refs_;
   int depth_ = 0;
 };
 
 }  // namespace
 
-Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema) {
-  SchemaCompiler compiler(grammar, schema);
+Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema,
+                            const JsonSchemaGrammarOptions& options) {
+  SchemaCompiler compiler(grammar, schema, options);
   return compiler.compile(schema, "#");
 }
 
-Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema) {
+Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema, const JsonSchemaGrammarOptions& options) {
   Grammar grammar;
-  AS_ASSIGN_OR_RETURN(grammar.root, add_json_schema(grammar, schema));
+  AS_ASSIGN_OR_RETURN(grammar.root, add_json_schema(grammar, schema, options));
   return grammar;
 }
 

@@ -73,11 +73,20 @@ struct Grammar {
   }
 };
 
+struct JsonSchemaGrammarOptions {
+  // Keywords that only narrow values the grammar already produces (minLength, minimum, maximum, the
+  // exclusive bounds, multipleOf, pattern, format) are skipped instead of refused. For callers that
+  // validate the finished document against the full schema anyway (tool calls: the ToolRegistry).
+  bool skip_unenforced_keywords = false;
+};
+
 // Adds the nodes for `schema` to `grammar` and returns the index of its root (the grammar's root is left
 // as it was, so several schemas can share one grammar).
-Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema);
+Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema,
+                            const JsonSchemaGrammarOptions& options = {});
 
 // A grammar whose root is `schema`.
-Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema);
+Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema,
+                                    const JsonSchemaGrammarOptions& options = {});
 
 }  // namespace agentserve::agent

@@ -46,7 +46,7 @@ Result<std::shared_ptr<CompiledConstraint>> CompiledConstraint::for_tool_calls(
   calls.kind = GrammarNodeKind::kAnyOf;
   for (const ToolSchema& tool : tools) {
     if (!options.only_tool.empty() && tool.name != options.only_tool) continue;
-    auto arguments = add_json_schema(g, tool.parameters);
+    auto arguments = add_json_schema(g, tool.parameters, options.schema);
     if (!arguments.ok()) {
       return Status::invalid_argument("tool \"" + tool.name + "\" parameters: " + arguments.status().message());
     }

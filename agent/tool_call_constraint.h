@@ -33,6 +33,7 @@ struct ToolCallConstraintOptions {
   // > 0: no string in the arguments is longer (characters), whatever the schema says. For models that
   // ramble (the random-weight demo model): every call then ends within a bounded number of tokens.
   int max_string_length = 0;
+  JsonSchemaGrammarOptions schema;  // how the tools' parameter schemas compile
 };
 
 class CompiledConstraint : public std::enable_shared_from_this<CompiledConstraint> {

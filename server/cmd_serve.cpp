@@ -75,34 +75,6 @@ Status apply_moderation_flags(const ServeArgs& args, agent::ModerationConfig& mo
   return Status::ok_status();
 }
 
-// A schema's bounds the grammar does not express (string lengths, number ranges) are dropped for decoding;
-// the registry still validates every call against the full schema before anything runs.
-nlohmann::ordered_json decoding_schema(const nlohmann::json& schema) {
-  static constexpr std::string_view kValidatedOnly[] = {"minLength",        "maxLength",        "minimum",
-                                                        "maximum",          "exclusiveMinimum", "exclusiveMaximum",
-                                                        "pattern",          "format",           "minItems",
-                                                        "maxItems"};
-  if (schema.is_array()) {
-    nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const auto& item : schema) out.push_back(decoding_schema(item));
-    return out;
-  }
-  if (!schema.is_object()) return nlohmann::ordered_json(schema);
-  nlohmann::ordered_json out = nlohmann::ordered_json::object();
-  for (const auto& [key, value] : schema.items()) {
-    if (std::find(std::begin(kValidatedOnly), std::end(kValidatedOnly), key) != std::end(kValidatedOnly)) continue;
-    // Under "properties" the keys are property names, not keywords.
-    if (key == "properties" && value.is_object()) {
-      nlohmann::ordered_json properties = nlohmann::ordered_json::object();
-      for (const auto& [name, property] : value.items()) properties[name] = decoding_schema(property);
-      out[key] = std::move(properties);
-      continue;
-    }
-    out[key] = decoding_schema(value);
-  }
-  return out;
-}
-
 // Tool-call decoding constraints (tool_choice required / named), compiled once per tool set over one
 // vocabulary index built at start. Thread-safe: sessions on any io thread ask for theirs.
 class ToolCallConstraints {
@@ -119,13 +91,15 @@ class ToolCallConstraints {
     std::vector<agent::ToolSchema> schemas;
     for (const tools::ToolSpec* spec : allowed) {
       key += spec->name + '\n' + spec->parameters.dump() + '\n';
-      schemas.push_back({spec->name, decoding_schema(spec->parameters)});
+      schemas.push_back({spec->name, spec->parameters});
     }
     std::lock_guard lock(mutex_);
     auto it = compiled_.find(key);
     if (it == compiled_.end()) {
       agent::ToolCallConstraintOptions options;
       options.max_string_length = max_string_length_;
+      // Bounds the grammar cannot express are left to the registry, which validates every call in full.
+      options.schema.skip_unenforced_keywords = true;
       AS_ASSIGN_OR_RETURN(auto compiled, agent::CompiledConstraint::for_tool_calls(index_, schemas, options, eos_ids_));
       it = compiled_.emplace(std::move(key), std::move(compiled)).first;
     }

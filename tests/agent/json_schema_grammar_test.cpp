@@ -147,6 +147,25 @@ TEST_CASE("unsupported keywords and bad schemas are InvalidArgument naming the k
   CHECK(error_of(R"([1, 2])").find("#") != std::string::npos);
 }
 
+TEST_CASE("skip_unenforced_keywords compiles value bounds away but keeps the shape and what it can enforce") {
+  const json schema = json::parse(R"({"type": "object", "properties": {
+      "name": {"type": "string", "minLength": 2, "maxLength": 4, "pattern": "^[a-z]+$"},
+      "count": {"type": "integer", "minimum": 1, "maximum": 9},
+      "tags": {"type": "array", "items": {"type": "string", "format": "email"}, "maxItems": 1}},
+    "required": ["name", "count", "tags"], "additionalProperties": false})");
+  CHECK_FALSE(compile_json_schema(schema).ok());
+  auto compiled = compile_json_schema(schema, {.skip_unenforced_keywords = true});
+  REQUIRE_MESSAGE(compiled.ok(), compiled.status().to_string());
+  const auto g = std::make_shared<const Grammar>(std::move(*compiled));
+  CHECK(accepts_document(g, R"({"name": "a", "count": 42, "tags": ["x"]})"));  // bounds left to validation
+  CHECK_FALSE(accepts_document(g, R"({"name": "abcde", "count": 1, "tags": []})"));        // maxLength kept
+  CHECK_FALSE(accepts_document(g, R"({"name": "ab", "count": 1, "tags": ["x", "y"]})"));   // maxItems kept
+  CHECK_FALSE(accepts_document(g, R"({"name": "ab", "count": "1", "tags": []})"));         // types kept
+  CHECK_FALSE(compile_json_schema(json::parse(R"({"oneOf": [{"type": "string"}]})"),
+                                  {.skip_unenforced_keywords = true})
+                  .ok());
+}
+
 TEST_CASE("a recursive $ref nests to the stack limit without crashing") {
   auto g = compile(typical_tool_schemas()[8]);
   std::string deep = R"({"name": "x", "children": []})";
