@@ -109,29 +109,29 @@ Status Engine::init(const EngineOptions& options) {
   const int rank_threads = std::max(1, n_threads / tp);
   pool_ = std::make_unique<ThreadPool>(rank_threads);
 
-  const memory::KvLayout layout = ParallelModel::rank_kv_layout(config_, parallel, options.block_size);
-  AS_RETURN_IF_ERROR(layout.validate());
-  const int n_blocks = layout.blocks_that_fit(options.kv_cache_bytes / static_cast<size_t>(tp));
-  if (n_blocks < 2) {
-    return Status::invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) +
-                                    " holds fewer than 2 KV blocks of " +
-                                    std::to_string(layout.block_stride()) + " bytes");
-  }
-  AS_ASSIGN_OR_RETURN(auto arena, memory::KvArena::create(layout, n_blocks));
-  arena_.emplace(std::move(arena));
-  AS_ASSIGN_OR_RETURN(model_, ParallelModel::create(config_, *weights_, *pool_,
-                                                    {.layout = parallel,
-                                                     .max_step_tokens = options.max_step_tokens,
-                                                     .bf16_activations = options.bf16_activations,
-                                                     .threads_per_rank = rank_threads,
-                                                     .kv_layout = layout,
-                                                     .kv_blocks = n_blocks}));
+  AS_ASSIGN_OR_RETURN(
+      model_,
+      ForwardModel::create(config_, *weights_, *pool_,
+                           {.backend = options.backend,
+                            .layout = parallel,
+                            .max_step_tokens = options.max_step_tokens,
+                            .bf16_activations = options.bf16_activations,
+                            .threads_per_rank = rank_threads,
+                            .block_size = options.block_size,
+                            .kv_cache_bytes = options.kv_cache_bytes,
+                            .max_kv_blocks = int64_t{options.max_running} *
+                                             ((max_context_ + options.block_size - 1) / options.block_size),
+                            .max_context = max_context_}));
+  // Prefix keys include the KV element type: an f32 block must never load into a bf16 pool, or back.
+  if (model_->kv_dtype() != kernels::DType::kF32)
+    fingerprint_ += std::string("/kv-") + std::string(kernels::dtype_name(model_->kv_dtype()));
+  const int n_blocks = model_->num_kv_blocks();
   if (!options.data_dir.empty() || options.store != nullptr || options.host_kv_bytes > 0) {
     AS_ASSIGN_OR_RETURN(tiers_, KvTiers::open({.data_dir = options.data_dir,
                                                .store = options.store,
                                                .host_kv_bytes = options.host_kv_bytes,
                                                .disk_kv_quota_bytes = options.disk_kv_quota_bytes},
-                                              fingerprint_, *arena_));
+                                              fingerprint_, model_->kv_blocks()));
     // The pool calls this before the evicted block can be rewritten, so its bytes and tokens are intact.
     blocks_ = std::make_unique<memory::BlockManager>(
         n_blocks, options.block_size, [this](int block, const memory::BlockKey& key) {
@@ -146,12 +146,15 @@ Status Engine::init(const EngineOptions& options) {
       *blocks_);
   counters_.kv_blocks_total = n_blocks;
   counters_.kv_blocks_free = n_blocks;
-  spdlog::info("engine: {} layers, {} experts (top-{}), {} threads, {} KV blocks of {} tokens ({:.1f} MiB)",
-               config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads,
-               n_blocks, options.block_size, static_cast<double>(arena_->total_bytes()) / (1 << 20));
+  spdlog::info(
+      "engine: {} layers, {} experts (top-{}), {} threads, forward on {}, {} KV blocks of {} tokens "
+      "({:.1f} MiB)",
+      config_.num_hidden_layers, config_.num_experts, config_.num_experts_per_tok, n_threads,
+      model_->description(), n_blocks, options.block_size,
+      static_cast<double>(model_->kv_bytes()) / (1 << 20));
   if (tp > 1) {
     spdlog::info("engine: {} ranks ({} parallel MoE), {} threads each, KV blocks hold {} kv heads per rank",
-                 tp, options.expert_parallel ? "expert" : "tensor", rank_threads, layout.n_kv_heads);
+                 tp, options.expert_parallel ? "expert" : "tensor", rank_threads, kv_layout().n_kv_heads);
   }
   return {};
 }
@@ -349,7 +352,7 @@ void Engine::step() {
          .logits = c.samples && !c.sequence->request.prefill_only ? LogitsWanted::kLast
                                                                    : LogitsWanted::kNone});
   }
-  Status status = model_->forward(forward_chunks_, *arena_, logits_);
+  Status status = model_->forward(forward_chunks_, logits_);
   if (!status.ok()) {
     for (const ScheduledChunk& c : plan.chunks) finish(c.sequence, FinishReason::kError, status);
     return;
@@ -541,7 +544,7 @@ Result<std::vector<float>> Engine::score(std::span<const int32_t> ids) {
                           .start_position = start,
                           .block_table = seq.block_table,
                           .logits = LogitsWanted::kAll};
-    status = model_->forward(std::span<const ForwardChunk>(&fc, 1), *arena_, rows);
+    status = model_->forward(std::span<const ForwardChunk>(&fc, 1), rows);
     if (status.ok()) {
       all.insert(all.end(), rows.begin(), rows.end());
       status = blocks_->commit_computed(seq, start + len);

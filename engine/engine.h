@@ -11,6 +11,10 @@
 // (T2); admission loads a prompt's missing chain blocks from them instead of recomputing. T2 writes run on
 // a storage thread; the engine thread reads disk only for the blocks an admission needs, and prefetch()
 // moves a chain's blocks from disk to RAM before its request arrives.
+//
+// Backends (forward_model.h): the forward runs on the host CPU engine ("cpu", the default) or on a Backend
+// ("backend-cpu", "cuda") with the KV pool in the backend's memory; scheduling, prefix caching, tiers and
+// sampling are the same code on every one (sampling stays on the host).
 #pragma once
 
 #include <atomic>
@@ -29,21 +33,24 @@
 
 #include "base/status.h"
 #include "base/thread_pool.h"
+#include "engine/forward_model.h"
 #include "engine/kv_tiers.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
-#include "engine/parallel_model.h"
 #include "engine/qwen3_moe_model.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "memory/block_manager.h"
-#include "memory/kv_arena.h"
 
 namespace agentserve::engine {
 
 struct EngineOptions {
   std::filesystem::path model_dir;
+  // What runs the forward (forward_model.h): "cpu" (ParallelModel over a host arena), "backend-cpu"
+  // (BackendModel over the CPU backend, the GPU's code path) or "cuda" (BackendModel on GPU 0, the KV pool
+  // sized from the device's free memory instead of kv_cache_bytes). Backends need tensor_parallel_size 1.
+  std::string backend = "cpu";
   int n_threads = 0;                        // compute threads; 0 = the machine's hardware threads
   int block_size = 16;                      // tokens per KV block
   size_t kv_cache_bytes = size_t{1} << 30;  // T0 budget for KV blocks
@@ -150,8 +157,11 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& model_fingerprint() const { return fingerprint_; }
   int max_context() const { return max_context_; }
-  int n_threads() const { return pool_->size() * model_->layout().tensor_parallel_size; }
-  const memory::KvLayout& kv_layout() const { return arena_->layout(); }
+  int n_threads() const { return pool_->size() * model_->n_ranks(); }
+  // The layout of a KV block as the tiers store it (see KvBlockSpace for a backend's blocks).
+  const memory::KvLayout& kv_layout() const { return model_->kv_blocks().layout(); }
+  // What runs the forward: "cpu", "backend cpu", "backend cuda:0 (...)".
+  std::string backend_description() const { return model_->description(); }
 
  private:
   Engine() = default;
@@ -172,8 +182,7 @@ class Engine {
   std::vector<uint32_t> sample_mask_;  // ids the tokenizer knows; empty when that is all of the vocabulary
   int max_context_ = 0;
   std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<ParallelModel> model_;
-  std::optional<memory::KvArena> arena_;
+  std::unique_ptr<ForwardModel> model_;
   std::unique_ptr<KvTiers> tiers_;  // null without T1 and T2; declared before blocks_, which calls it
   std::unique_ptr<memory::BlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;

@@ -18,11 +18,24 @@ using Clock = std::chrono::steady_clock;
 
 }  // namespace
 
+Status ArenaBlockSpace::read_blocks(std::span<const int32_t> ids, std::span<std::byte> host) {
+  const size_t bytes = arena_.layout().block_bytes();
+  for (size_t i = 0; i < ids.size(); ++i)
+    std::memcpy(host.data() + i * bytes, host_block(ids[i]).data(), bytes);
+  return Status::ok_status();
+}
+
+void ArenaBlockSpace::write_blocks(std::span<const int32_t> ids, std::span<const std::byte> host) {
+  const size_t bytes = arena_.layout().block_bytes();
+  for (size_t i = 0; i < ids.size(); ++i)
+    std::memcpy(host_block(ids[i]).data(), host.data() + i * bytes, bytes);
+}
+
 Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
-                                               std::string_view model_fingerprint, memory::KvArena& arena) {
-  std::unique_ptr<KvTiers> tiers(new KvTiers(arena));
+                                               std::string_view model_fingerprint, KvBlockSpace& t0) {
+  std::unique_ptr<KvTiers> tiers(new KvTiers(t0));
   tiers->options_ = options;
-  const memory::KvLayout& layout = arena.layout();
+  const memory::KvLayout& layout = t0.layout();
   memory::RocksDbStore* db = options.store;
   if (db == nullptr && !options.data_dir.empty()) {
     std::error_code ec;
@@ -63,7 +76,7 @@ KvTiers::~KvTiers() {
 
 std::vector<memory::BlockKey> KvTiers::chain_keys(std::span<const int32_t> tokens,
                                                   const memory::BlockKey& salt) const {
-  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
+  const size_t bs = static_cast<size_t>(t0_.layout().block_size);
   std::vector<memory::BlockKey> keys;
   keys.reserve(tokens.size() / bs);
   memory::BlockKey parent = memory::kRootBlockKey;
@@ -79,8 +92,21 @@ bool KvTiers::is_pinned(const memory::BlockKey& key) const {
   return pinned_.contains(key);
 }
 
+std::span<const std::byte> KvTiers::t0_block(int block, std::vector<std::byte>& scratch) {
+  if (t0_.in_host_memory()) return t0_.host_block(block);
+  scratch.resize(t0_.layout().block_bytes());
+  const int32_t id = block;
+  const Status status = t0_.read_blocks(std::span(&id, 1), scratch);
+  if (status.ok()) return scratch;
+  spdlog::warn("kv tiers: reading KV block {} from the backend failed, not keeping it: {}", block,
+               status.to_string());
+  return {};
+}
+
 void KvTiers::spill(int block, const memory::BlockKey& key, std::span<const int32_t> tokens) {
-  const memory::KvSpillBlock spilled{.key = key, .tokens = tokens, .payload = arena_.block_bytes(block)};
+  const std::span<const std::byte> payload = t0_block(block, spill_scratch_);
+  if (payload.empty()) return;
+  const memory::KvSpillBlock spilled{.key = key, .tokens = tokens, .payload = payload};
   if (host_) {
     // T1's evictions reach the staging queue through on_host_evict, inside this call.
     if (host_->put_batch(std::span(&spilled, 1)).ok()) {
@@ -252,9 +278,14 @@ int KvTiers::load_chain(std::span<const memory::BlockLoad> loads) {
   std::vector<memory::KvLoad> disk_loads;
   std::vector<size_t> disk_pos;
   int64_t host_hits = 0, host_misses = 0, host_bytes = 0;
+  // A T0 outside host memory gets the chain's blocks decoded into `staged`, then one upload.
+  const bool in_place = t0_.in_host_memory();
+  const size_t block_bytes = t0_.layout().block_bytes();
+  std::vector<std::byte> staged(in_place ? 0 : n * block_bytes);
   for (size_t i = 0; i < n; ++i) {
     const memory::BlockLoad& l = loads[i];
-    const std::span<std::byte> out = arena_.block_bytes(l.block);
+    const std::span<std::byte> out =
+        in_place ? t0_.host_block(l.block) : std::span(staged).subspan(i * block_bytes, block_bytes);
     PendingPtr pending;
     {
       std::lock_guard lock(mu_);
@@ -301,6 +332,11 @@ int KvTiers::load_chain(std::span<const memory::BlockLoad> loads) {
   }
   size_t leading = 0;
   while (leading < n && ok[leading]) ++leading;
+  if (!in_place && leading > 0) {
+    std::vector<int32_t> ids(leading);
+    for (size_t i = 0; i < leading; ++i) ids[i] = loads[i].block;
+    t0_.write_blocks(ids, std::span(staged).first(leading * block_bytes));
+  }
   // The block lives in T0 now and comes back to T1 if T0 evicts it: keeping both copies would only halve
   // what T1 holds. Blocks past the first failure stay in T1, since T0 gives them back unused.
   for (size_t i : from_host) {
@@ -322,13 +358,13 @@ void KvTiers::prefetch(std::span<const int32_t> tokens, const memory::BlockKey& 
   std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
   keys.resize(std::min(keys.size(), static_cast<size_t>(host_->capacity_blocks())));
   std::vector<int32_t> ids(tokens.begin(),
-                           tokens.begin() + static_cast<ptrdiff_t>(keys.size() * arena_.layout().block_size));
+                           tokens.begin() + static_cast<ptrdiff_t>(keys.size() * t0_.layout().block_size));
   storage_->post([this, keys = std::move(keys), ids = std::move(ids)] { prefetch_job(keys, ids); });
 }
 
 void KvTiers::prefetch_job(const std::vector<memory::BlockKey>& keys, const std::vector<int32_t>& tokens) {
-  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
-  const size_t block_bytes = arena_.layout().block_bytes();
+  const size_t bs = static_cast<size_t>(t0_.layout().block_size);
+  const size_t block_bytes = t0_.layout().block_bytes();
   // One T1 put must fit T1 whole.
   const size_t batch_blocks = std::min(kIoBatchBlocks, static_cast<size_t>(host_->capacity_blocks()));
   std::vector<std::byte> buffer(batch_blocks * block_bytes);
@@ -382,7 +418,7 @@ void KvTiers::unpin(const std::string& pin_id) {
 
 void KvTiers::discard(std::span<const int32_t> tokens, const memory::BlockKey& salt, int from_token) {
   std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
-  const size_t first = static_cast<size_t>(std::max(0, from_token) / arena_.layout().block_size);
+  const size_t first = static_cast<size_t>(std::max(0, from_token) / t0_.layout().block_size);
   keys.erase(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(std::min(first, keys.size())));
   if (keys.empty()) return;
   if (!storage_) {
@@ -425,7 +461,7 @@ void KvTiers::persist(std::span<const int32_t> tokens, const memory::BlockKey& s
     done(0);
     return;
   }
-  const size_t bs = static_cast<size_t>(arena_.layout().block_size);
+  const size_t bs = static_cast<size_t>(t0_.layout().block_size);
   std::vector<memory::BlockKey> keys = chain_keys(tokens, salt);
   std::vector<PendingPtr> copies;
   size_t held = 0;
@@ -445,10 +481,11 @@ void KvTiers::persist(std::span<const int32_t> tokens, const memory::BlockKey& s
     copy->key = key;
     copy->tokens.assign(ids.begin(), ids.end());
     if (const int block = blocks.pool().lookup(key, ids); block >= 0) {
-      const std::span<const std::byte> bytes = arena_.block_bytes(block);
+      const std::span<const std::byte> bytes = t0_block(block, spill_scratch_);
+      if (bytes.empty()) break;
       copy->payload.assign(bytes.begin(), bytes.end());
     } else if (host_) {
-      copy->payload.resize(arena_.layout().block_bytes());
+      copy->payload.resize(t0_.layout().block_bytes());
       if (!host_->get(key, ids, copy->payload).ok()) break;
     } else {
       break;  // no tier holds it: the chain's KV ends here
@@ -524,7 +561,7 @@ Status KvTiers::flush(const memory::BlockManager& blocks) {
   auto keep_error = [&first_error](Status s) {
     if (first_error.ok() && !s.ok()) first_error = std::move(s);
   };
-  const size_t block_bytes = arena_.layout().block_bytes();
+  const size_t block_bytes = t0_.layout().block_bytes();
   // T1 first, then T0: T2's LRU then ranks the blocks T0 still held (the most recent) newest.
   if (host_) {
     std::vector<std::pair<memory::BlockKey, std::vector<int32_t>>> held;
@@ -545,18 +582,30 @@ Status KvTiers::flush(const memory::BlockManager& blocks) {
     }
     if (!batch.empty()) keep_error(write_disk(batch));
   }
+  // T0's blocks in place, or read kIoBatchBlocks at a time from a T0 outside host memory.
+  const bool in_place = t0_.in_host_memory();
+  std::vector<std::byte> staged(in_place ? 0 : kIoBatchBlocks * block_bytes);
+  std::vector<int32_t> ids;
   std::vector<memory::KvSpillBlock> batch;
   batch.reserve(kIoBatchBlocks);
+  auto write_batch = [&] {
+    Status read = in_place ? Status::ok_status() : t0_.read_blocks(ids, staged);
+    keep_error(read.ok() ? write_disk(batch) : read);
+    batch.clear();
+    ids.clear();
+  };
   for (int b = 0; b < blocks.pool().num_blocks(); ++b) {
     const std::optional<memory::BlockKey> key = blocks.pool().key(b);
     if (!key) continue;
-    batch.push_back({.key = *key, .tokens = blocks.block_tokens(b), .payload = arena_.block_bytes(b)});
-    if (batch.size() == kIoBatchBlocks) {
-      keep_error(write_disk(batch));
-      batch.clear();
-    }
+    // write_disk skips blocks T2 holds too; checking first spares a backend their reads.
+    if (!in_place && disk_->contains(*key)) continue;
+    const std::span<const std::byte> payload =
+        in_place ? t0_.host_block(b) : std::span(staged).subspan(batch.size() * block_bytes, block_bytes);
+    batch.push_back({.key = *key, .tokens = blocks.block_tokens(b), .payload = payload});
+    ids.push_back(b);
+    if (batch.size() == kIoBatchBlocks) write_batch();
   }
-  if (!batch.empty()) keep_error(write_disk(batch));
+  if (!batch.empty()) write_batch();
   return first_error;
 }
 

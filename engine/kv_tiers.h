@@ -1,4 +1,5 @@
-// KvTiers: the engine's KV tiers below the block pool. T0 (the engine's KvArena) spills a cached block when
+// KvTiers: the engine's KV tiers below the block pool. T0 (the engine's KV pool: a host KvArena, or a
+// backend's KvCache seen through KvBlockSpace) spills a cached block when
 // the pool reuses it; the block goes to T1 (HostKvTier, host RAM) and, when T1 evicts it, to T2 (KvStore
 // in RocksDB under data_dir). With T1 off, T0 spills straight to T2. At admission the block manager asks
 // this class (as its BlockSource) for the blocks of a prompt's hash chain that T0 misses: T1 first, then
@@ -57,6 +58,38 @@
 
 namespace agentserve::engine {
 
+// T0 as the tiers see it: the pool whose blocks the BlockManager hands out. A block travels between tiers as
+// layout().block_bytes() host bytes; layout() says only how many (a backend's bf16 block is described by an
+// f32 layout of the same byte count, and the model fingerprint tells such blocks apart). When T0 lies in
+// host memory the tiers read and write its blocks in place; otherwise through read_blocks / write_blocks.
+class KvBlockSpace {
+ public:
+  virtual ~KvBlockSpace() = default;
+  virtual const memory::KvLayout& layout() const = 0;
+  // Whether host_block() may be called: true for a KvArena, false for a device's pool.
+  virtual bool in_host_memory() const = 0;
+  // The block's bytes in place (in_host_memory() only).
+  virtual std::span<std::byte> host_block(int block) = 0;
+  // Blocks ids[i] to / from host + i * layout().block_bytes(); ids in range, host sized for all of them.
+  // read_blocks returns when the bytes are there (after every forward issued before it).
+  virtual Status read_blocks(std::span<const int32_t> ids, std::span<std::byte> host) = 0;
+  virtual void write_blocks(std::span<const int32_t> ids, std::span<const std::byte> host) = 0;
+};
+
+// A host KvArena as T0 (the CPU engine's pool): blocks are read and written in place.
+class ArenaBlockSpace final : public KvBlockSpace {
+ public:
+  explicit ArenaBlockSpace(memory::KvArena& arena) : arena_(arena) {}
+  const memory::KvLayout& layout() const override { return arena_.layout(); }
+  bool in_host_memory() const override { return true; }
+  std::span<std::byte> host_block(int block) override { return arena_.block_bytes(block); }
+  Status read_blocks(std::span<const int32_t> ids, std::span<std::byte> host) override;
+  void write_blocks(std::span<const int32_t> ids, std::span<const std::byte> host) override;
+
+ private:
+  memory::KvArena& arena_;
+};
+
 struct KvTierOptions {
   std::filesystem::path data_dir;  // T2 lives in data_dir/rocksdb; empty = no T2
   // T2 in this already open database instead (the server shares its one DB with the session store); it
@@ -103,10 +136,10 @@ class KvTiers final : public memory::BlockSource {
   static constexpr std::chrono::seconds kRetryAfter{1};
   static constexpr std::chrono::seconds kWarnEvery{30};
 
-  // `arena` is T0 and must outlive this object. InvalidArgument when host_kv_bytes is set but holds no
-  // block; IoError / FailedPrecondition / Corruption from opening the database.
+  // `t0` must outlive this object. InvalidArgument when host_kv_bytes is set but holds no block;
+  // IoError / FailedPrecondition / Corruption from opening the database.
   static Result<std::unique_ptr<KvTiers>> open(const KvTierOptions& options,
-                                               std::string_view model_fingerprint, memory::KvArena& arena);
+                                               std::string_view model_fingerprint, KvBlockSpace& t0);
   ~KvTiers() override;  // finishes the storage thread's queue first
 
   bool has_host() const { return host_ != nullptr; }
@@ -157,10 +190,12 @@ class KvTiers final : public memory::BlockSource {
   };
   using PendingPtr = std::shared_ptr<const PendingBlock>;
 
-  explicit KvTiers(memory::KvArena& arena) : arena_(arena) {}
+  explicit KvTiers(KvBlockSpace& t0) : t0_(t0) {}
   std::vector<memory::BlockKey> chain_keys(std::span<const int32_t> tokens,
                                            const memory::BlockKey& salt) const;
   bool is_pinned(const memory::BlockKey& key) const;
+  // T0 block `block`'s bytes: in place, or read into `scratch`; empty when the read failed.
+  std::span<const std::byte> t0_block(int block, std::vector<std::byte>& scratch);
   void on_host_evict(std::span<const memory::KvSpillBlock> evicted);
   void stage(std::span<const memory::KvSpillBlock> blocks);
   void submit_locked();
@@ -174,8 +209,9 @@ class KvTiers final : public memory::BlockSource {
   Status write_disk(std::span<const memory::KvSpillBlock> blocks);
   void note_disk_write(const Status& status, size_t n_blocks);
 
-  memory::KvArena& arena_;
+  KvBlockSpace& t0_;
   KvTierOptions options_;
+  std::vector<std::byte> spill_scratch_;            // one block read from a T0 outside host memory
   std::unique_ptr<memory::RocksDbStore> owned_db_;  // when the tiers opened data_dir themselves
   std::unique_ptr<memory::KvStore> disk_;           // declared after db_: closed before it
   std::unique_ptr<memory::HostKvTier> host_;

@@ -20,6 +20,7 @@ struct EngineArgs {
   bool bf16_activations = false;
   int tensor_parallel_size = 1;
   bool expert_parallel = false;
+  std::string backend = "cpu";
 };
 
 void add_engine_options(CLI::App* cmd, EngineArgs& args) {
@@ -34,6 +35,9 @@ void add_engine_options(CLI::App* cmd, EngineArgs& args) {
                   "Ranks the model is split over (threads on CPU, sharing --threads)")
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--expert-parallel", args.expert_parallel, "Split MoE experts across the ranks");
+  cmd->add_option("--backend", args.backend,
+                  "What runs the forward: cpu, backend-cpu (the GPU's code path on the CPU) or cuda")
+      ->check(CLI::IsMember({"cpu", "backend-cpu", "cuda"}));
 }
 
 Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
@@ -46,6 +50,7 @@ Result<std::unique_ptr<engine::Engine>> open_engine(const EngineArgs& args) {
   options.bf16_activations = args.bf16_activations;
   options.tensor_parallel_size = args.tensor_parallel_size;
   options.expert_parallel = args.expert_parallel;
+  options.backend = args.backend;
   return engine::Engine::open(options);
 }
 
