@@ -546,6 +546,9 @@ Status moe_experts(float* out, const float* x, const int32_t* expert_ids, const 
       workspace == nullptr || experts.gate == nullptr || experts.up == nullptr || experts.down == nullptr) {
     return Status::invalid_argument("moe_experts: null pointer");
   }
+  // The 16-byte loads of x_perm and h rows assume their offsets (multiples of 256) land on 16-byte
+  // boundaries, which holds only when the workspace itself is aligned.
+  if (!aligned16(workspace)) return Status::invalid_argument("moe_experts: workspace not 16-byte aligned");
   const int n_rows = n_tokens * top_k;
   const WorkspaceLayout l =
       make_layout(static_cast<size_t>(n_rows), experts.n_experts, experts.hidden, experts.inter);

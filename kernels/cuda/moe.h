@@ -65,8 +65,9 @@ constexpr int kMoeGemvMaxRowsPerExpert = 8;
 size_t moe_workspace_bytes(int max_tokens, int top_k, const MoeExperts& experts);
 
 // out = the MoE MLP of x (file comment); out is overwritten. workspace: device memory of at least
-// moe_workspace_bytes(n_tokens, top_k, experts) bytes, 256-byte aligned. BF16 weights that are 16-byte
-// aligned (cudaMalloc's are) with hidden and inter multiples of 8 are read 16 bytes at a time.
+// moe_workspace_bytes(n_tokens, top_k, experts) bytes, 256-byte aligned (one off 16 bytes is refused). BF16
+// weights that are 16-byte aligned (cudaMalloc's are) with hidden and inter multiples of 8 are read 16 bytes
+// at a time.
 Status moe_experts(float* out, const float* x, const int32_t* expert_ids, const float* expert_weights,
                    int n_tokens, int top_k, const MoeExperts& experts, void* workspace,
                    size_t workspace_bytes, cudaStream_t stream, MoeExpertPath path = MoeExpertPath::kAuto);

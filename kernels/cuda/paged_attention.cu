@@ -309,8 +309,10 @@ Status allow_shared_memory(Kernel kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return Status::ok_status();
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err != cudaSuccess)
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // reported here; the next launcher's check must not report it again
     return Status::internal(std::string("paged attention: shared memory: ") + cudaGetErrorString(err));
+  }
   return Status::ok_status();
 }
 

@@ -317,6 +317,8 @@ TEST_CASE("moe launchers refuse shapes past their limits and a short workspace")
   const size_t need = moe_workspace_bytes(4, 2, ex);
   CHECK(moe_experts(f, f, i, f, 4, 2, ex, f, need - 1, nullptr).code() == StatusCode::kInvalidArgument);
   CHECK(moe_experts(f, f, i, f, 4, 0, ex, f, need, nullptr).code() == StatusCode::kInvalidArgument);
+  // A workspace off 16 bytes would misalign the vector loads of its bf16 rows.
+  CHECK(moe_experts(f, f, i, f, 4, 2, ex, f + 1, need, nullptr).code() == StatusCode::kInvalidArgument);
   CHECK(moe_experts(f, f, i, f, 0, 2, ex, f, need, nullptr).ok());
   CHECK(moe_workspace_bytes(8, 2, ex) > need);
 }

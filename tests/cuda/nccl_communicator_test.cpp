@@ -44,7 +44,10 @@ RankOutcome run_rank(NcclCommunicator& comm, size_t n, int root) {
   }
   std::vector<float> host(n);
   for (size_t i = 0; i < n; ++i) host[i] = input(comm.rank(), i);
-  out.setup_ok = cudaMemcpy(data, host.data(), n * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+  // A pageable cudaMemcpy may return before its DMA lands, and the communicator's stream is non-blocking
+  // (not ordered after the legacy stream the copy went on): wait for the device before the collectives.
+  out.setup_ok = cudaMemcpy(data, host.data(), n * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess &&
+                 cudaDeviceSynchronize() == cudaSuccess;
 
   comm.all_gather({data, n}, {all, total});
   comm.gather({data, n}, {gathered, total}, root);
