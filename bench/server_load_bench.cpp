@@ -4,7 +4,8 @@
 // silent, then runs --streams clients that stream responses back to back for --seconds. Reports:
 //   - memory per idle session: server VmRSS before and after opening the idle sessions, / their number;
 //   - token write latency p50/p99: from the server's agentserve_token_write_latency_seconds histogram
-//     (a token leaving the engine -> its frame written), read from /metrics before and after the run;
+//     (the engine's callback posting a token -> the WebSocket frame carrying it written), read from
+//     /metrics before and after the run;
 //   - CPU by server thread group over the streaming window (utime+stime from /proc/PID/task/*/stat by
 //     thread name: as-io-N, as-engine, as-storage, the rest), as a share of the window and of the total.
 // Loopback only; the load generator is plain Boost.Beast (sync, one thread per streaming client).
@@ -396,9 +397,15 @@ int main(int argc, char** argv) {
     beast::error_code ignored;
     ws->next_layer().close(ignored);
   }
+  // A graceful stop must end with exit status 0 (a crash at shutdown shows here as a signal).
+  const auto stop_start = Clock::now();
   ::kill(server.pid, SIGTERM);
   int status = 0;
   ::waitpid(server.pid, &status, 0);
+  const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  std::printf("server stopped in %.2f s: %s %d\n",
+              std::chrono::duration<double>(Clock::now() - stop_start).count(), WIFEXITED(status) ? "exit status" : "killed by signal",
+              WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
   std::filesystem::remove_all(dir);
-  return failed == 0 ? 0 : 1;
+  return failed == 0 && clean ? 0 : 1;
 }

@@ -1,5 +1,7 @@
 // `agentserve serve`: read the config file (flags win over it), open the data dir's one RocksDB (KV tier and
-// session store), load the model, then serve WebSocket and HTTP on one port until SIGINT/SIGTERM.
+// session store), load the model, then serve WebSocket and HTTP on one port until SIGINT/SIGTERM. After the
+// graceful stop (HttpServer::run) the engine is closed first, which flushes its KV to the data dir, then
+// the database; the exit status is 0.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -43,6 +45,7 @@ struct ServeArgs {
   bool bf16_activations = false;
   int tensor_parallel_size = 1;
   bool expert_parallel = false;
+  std::string backend = "cpu";
   int tool_arg_max_chars = 0;
   int port = 8080;
   std::string config_path;
@@ -51,6 +54,8 @@ struct ServeArgs {
   CLI::Option* host_flag = nullptr;
   CLI::Option* port_flag = nullptr;
   CLI::Option* io_threads_flag = nullptr;
+  int shutdown_grace_seconds = 10;
+  CLI::Option* shutdown_grace_flag = nullptr;
   // Moderation flags (they win over the config file's "moderation" object).
   std::string moderation_url;
   std::vector<std::string> moderation_secrets;
@@ -140,6 +145,8 @@ Result<server::ServerConfig> server_config(const ServeArgs& args) {
   if (args.host_flag->count() > 0) config.options.host = args.options.host;
   if (args.port_flag->count() > 0) config.options.port = static_cast<uint16_t>(args.port);
   if (args.io_threads_flag->count() > 0) config.options.io_threads = args.options.io_threads;
+  if (args.shutdown_grace_flag->count() > 0)
+    config.options.shutdown_grace = std::chrono::seconds(args.shutdown_grace_seconds);
   // With API keys every caller is authenticated, so another address is allowed; without, loopback only.
   config.options.allow_remote = !config.api_keys.empty();
   return config;
@@ -189,6 +196,7 @@ int serve(const ServeArgs& args) {
   engine_options.bf16_activations = args.bf16_activations;
   engine_options.tensor_parallel_size = args.tensor_parallel_size;
   engine_options.expert_parallel = args.expert_parallel;
+  engine_options.backend = args.backend;
 
   server::Metrics metrics;
   // Before the server so it outlives every connection that holds a gate or a pending check.
@@ -256,6 +264,11 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                         ->check(CLI::Range(0, 65535));
   args->io_threads_flag = cmd->add_option("--io-threads", args->options.io_threads, "Threads for sockets and timers")
                               ->check(CLI::Range(1, 256));
+  args->shutdown_grace_flag =
+      cmd->add_option("--shutdown-grace-seconds", args->shutdown_grace_seconds,
+                      "SIGTERM/SIGINT: seconds running responses may take to finish before the rest are "
+                      "cancelled")
+          ->check(CLI::Range(0, 3600));
   cmd->add_option("--threads", args->threads, "Compute threads (0 = all hardware threads)");
   cmd->add_option("--kv-cache-mb", args->kv_cache_mb, "KV cache size in MiB")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--data-dir", args->data_dir,
@@ -280,6 +293,10 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--expert-parallel", args->expert_parallel,
                 "With --tensor-parallel-size: experts are spread whole over the ranks instead of sliced");
+  cmd->add_option("--backend", args->backend,
+                  "What runs the forward: cpu, backend-cpu (the GPU's code path on the CPU) or cuda (GPU 0; "
+                  "the KV pool takes the GPU memory the weights leave, --kv-cache-mb is ignored)")
+      ->check(CLI::IsMember({"cpu", "backend-cpu", "cuda"}));
   cmd->add_option("--tool-arg-max-chars", args->tool_arg_max_chars,
                   "Longest string in constrained tool-call arguments (0 = as the schema says; a cap bounds "
                   "the calls of rambling models)")

@@ -177,6 +177,18 @@ void HttpConnection::handle_sessions(const Request& req, const Tenant& tenant, c
   reply_json(http::status::ok, {{"id", id}, {"object", "session.deleted"}, {"deleted", true}});
 }
 
+HttpConnection::RunningCompletion::RunningCompletion(ServerContext& context, engine::RequestId id)
+    : context_(&context), id_(id) {
+  std::lock_guard lock(context.completions_mutex);
+  context.running_completions.insert(id);
+}
+
+HttpConnection::RunningCompletion::~RunningCompletion() {
+  if (context_ == nullptr) return;
+  std::lock_guard lock(context_->completions_mutex);
+  context_->running_completions.erase(id_);
+}
+
 void HttpConnection::start_completion(const Request& req, const Tenant& tenant) {
   if (context_.stopping)
     return reply_error(OpenAiError{503, "server_error", "shutting_down", "the server is shutting down", ""});
@@ -252,7 +264,7 @@ void HttpConnection::submit_completion(ChatCompletionRequest& chat, const Tenant
   }
   const std::string id = make_id("chatcmpl-");
   completion_.emplace(
-      Completion{*submitted, chat.stream, chat.include_usage, tenant,
+      Completion{RunningCompletion(context_, *submitted), *submitted, chat.stream, chat.include_usage, tenant,
                  ChatCompletionBuilder(id, context_.model_name, static_cast<int64_t>(std::time(nullptr)))});
   if (context_.moderation != nullptr) {
     // Gate callbacks run on this strand (the executor below); `this` lives as long as the posted task.

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
@@ -47,8 +48,23 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   using Clock = std::chrono::steady_clock;
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
 
+  // Lists a completion's engine request in ServerContext::running_completions for as long as it lives.
+  class RunningCompletion {
+   public:
+    RunningCompletion(ServerContext& context, engine::RequestId id);
+    RunningCompletion(RunningCompletion&& other) noexcept
+        : context_(std::exchange(other.context_, nullptr)), id_(other.id_) {}
+    RunningCompletion& operator=(RunningCompletion&&) = delete;
+    ~RunningCompletion();
+
+   private:
+    ServerContext* context_;
+    engine::RequestId id_;
+  };
+
   // A chat completion in flight on this connection.
   struct Completion {
+    RunningCompletion running;
     engine::RequestId request_id = 0;
     bool stream = false;
     bool include_usage = false;

@@ -14,7 +14,9 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "server/agent_response.h"
 #include "server/http_connection.h"
+#include "server/session_registry.h"
 #include "server/ws_session.h"
 
 namespace agentserve::server {
@@ -68,13 +70,75 @@ struct HttpServer::Impl {
       acceptor.close(ignored);
       signals.cancel(ignored);
     });
-    std::vector<std::weak_ptr<WsSession>> live;
+    for (const auto& connection : live_connections()) connection->begin_shutdown();
+  }
+
+  std::vector<std::shared_ptr<WsSession>> live_connections() {
+    std::vector<std::shared_ptr<WsSession>> live;
+    std::lock_guard lock(context.connections_mutex);
+    for (const auto& [ptr, weak] : context.connections)
+      if (auto connection = weak.lock()) live.push_back(std::move(connection));
+    return live;
+  }
+
+  // WebSocket responses plus chat completions still generating.
+  size_t running_responses() {
+    const size_t ws = context.sessions == nullptr ? 0 : context.sessions->running_sessions().size();
+    std::lock_guard lock(context.completions_mutex);
+    return ws + context.running_completions.size();
+  }
+
+  // Cancels every response (and resume warm-up) still running; their response.done says why. Returns how
+  // many.
+  size_t cancel_running(const std::string& reason) {
+    size_t cancelled = 0;
     {
-      std::lock_guard lock(context.connections_mutex);
-      for (const auto& [ptr, weak] : context.connections) live.push_back(weak);
+      // A chat completion's reply ends with finish_reason "cancelled" when its engine request finishes.
+      std::lock_guard lock(context.completions_mutex);
+      for (const engine::RequestId id : context.running_completions) context.engine->cancel(id);
+      cancelled += context.running_completions.size();
     }
-    for (const auto& weak : live)
-      if (auto connection = weak.lock()) connection->shutdown();
+    if (context.sessions == nullptr) return cancelled;
+    for (const auto& session : context.sessions->running_sessions()) {
+      std::lock_guard lock(session->mutex);
+      if (!session->running) continue;
+      if (session->running->agent) {
+        session->cancel_reason = reason;
+        session->running->agent->cancel();
+      } else {
+        context.engine->cancel(session->running->request_id);
+      }
+      ++cancelled;
+    }
+    return cancelled;
+  }
+
+  // Sleeps until `done` or `deadline`; returns done().
+  template <typename Done>
+  static bool wait_until(std::chrono::steady_clock::time_point deadline, Done done) {
+    while (!done()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
+  }
+
+  // The graceful stop once accepting has stopped: running responses get the grace period to finish (each
+  // connection closes with 1001 once its sessions' responses ended and their events are written); what is
+  // left is cancelled (its committed steps stay, so the session resumes), then every connection is closed.
+  void drain() {
+    using std::chrono::steady_clock;
+    const auto grace_end = steady_clock::now() + context.options.shutdown_grace;
+    if (!wait_until(grace_end, [this] { return running_responses() == 0; })) {
+      const size_t cancelled = cancel_running("server_shutdown");
+      spdlog::info("shutdown grace period over: cancelled {} running responses", cancelled);
+      // Each loop reports response.done on its strand; the io threads are still running.
+      wait_until(steady_clock::now() + std::chrono::seconds(5), [this] { return running_responses() == 0; });
+    }
+    for (const auto& connection : live_connections()) connection->finish_shutdown();
+    // finish_shutdown cuts a connection whose close has not gone through within 2 s.
+    wait_until(steady_clock::now() + std::chrono::seconds(3),
+               [this] { return context.live_connections() == 0; });
   }
 };
 
@@ -149,10 +213,7 @@ void HttpServer::run() {
     std::unique_lock lock(s.mutex);
     s.stop_cv.wait(lock, [&s] { return s.stop_requested; });
   }
-  // Connections report their cancelled responses and close themselves; past the grace period we stop anyway.
-  const auto deadline = std::chrono::steady_clock::now() + s.context.options.shutdown_grace;
-  while (s.context.live_connections() > 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  s.drain();
   s.ioc.stop();
   for (auto& t : threads) t.join();
 }

@@ -1,8 +1,9 @@
 // HttpServer: the one listening port of `agentserve serve`. It accepts TCP connections on N io threads
 // (named as-io-N) and gives each to an HttpConnection (keep-alive HTTP routes, OpenAI chat completions,
 // session REST; WebSocket upgrades on /v1/ws go on to a WsSession). run() blocks until SIGINT, SIGTERM or
-// shutdown(): then it stops accepting, cancels running responses, lets their response.done go out, closes
-// the sockets (within ServerOptions::shutdown_grace) and returns.
+// shutdown(): then it stops accepting, lets running responses finish within ServerOptions::shutdown_grace,
+// cancels what is left (response.done status cancelled, status_details.reason "server_shutdown"), closes
+// every WebSocket with 1001 once its last events are written, and returns.
 //
 // It must never listen on a non-loopback address unless ServerOptions::allow_remote (API keys configured),
 // and never let a client end the process. Boost.Beast stays out of this header so only the transport's

@@ -340,11 +340,35 @@ std::optional<ProtocolError> apply_sampling(const json& sampling, const std::str
   return std::nullopt;
 }
 
+bool json_nesting_exceeds(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 ParseResult parse_client_event(std::string_view text, const ServerOptions& options, int vocab_size) {
   if (text.size() > options.max_message_bytes)
     return bad("message_too_large",
                "message of " + std::to_string(text.size()) + " bytes is over the limit of " +
                    std::to_string(options.max_message_bytes),
+               "");
+  if (json_nesting_exceeds(text, options.max_json_depth))
+    return bad("json_too_deep",
+               "arrays and objects nest deeper than " + std::to_string(options.max_json_depth) + " levels",
                "");
   const json event = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (event.is_discarded()) return bad("invalid_json", "the message is not valid JSON", "");

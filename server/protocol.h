@@ -97,8 +97,12 @@ struct ClientEvent {
 
 using ParseResult = std::variant<ClientEvent, ProtocolError>;
 
-// Parses one text frame. `vocab_size` bounds sampling values that name tokens; `options` bounds sizes.
+// Parses one text frame. `vocab_size` bounds sampling values that name tokens; `options` bounds sizes and
+// nesting depth (json_too_deep).
 ParseResult parse_client_event(std::string_view text, const ServerOptions& options, int vocab_size);
+// Whether arrays and objects in `text` nest deeper than `max_depth`, counted by brackets outside strings in
+// one pass (whether or not the text is valid JSON).
+bool json_nesting_exceeds(std::string_view text, int max_depth);
 
 // Applies a `sampling` object's fields (temperature, top_p, top_k, min_p, max_tokens, seed, stop,
 // presence_penalty, frequency_penalty, repetition_penalty) onto `params`, then validates the result

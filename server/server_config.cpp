@@ -114,6 +114,8 @@ Status read_option(const std::string& key, const json& value, ServerOptions& o) 
     return read_into(value, key, 1, 256, o.io_threads);
   } else if (key == "max_message_bytes") {
     return read_into(value, key, 1024, int64_t{1} << 30, o.max_message_bytes);
+  } else if (key == "max_json_depth") {
+    return read_into(value, key, 1, 4096, o.max_json_depth);
   } else if (key == "max_http_request_bytes") {
     return read_into(value, key, 1024, int64_t{1} << 30, o.max_http_request_bytes);
   } else if (key == "max_write_queue_bytes") {

@@ -13,8 +13,10 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "base/status.h"
+#include "engine/request.h"
 #include "server/server_options.h"
 
 namespace agentserve::engine {
@@ -53,6 +55,11 @@ struct ServerContext {
   ServerModeration* moderation = nullptr;
 
   std::atomic<bool> stopping{false};
+  // Engine requests of the chat completions (/v1/chat/completions) in flight: the graceful stop waits for
+  // them as for WebSocket responses and cancels what is left after the grace period (HttpConnection
+  // registers each completion for as long as it lives).
+  std::mutex completions_mutex;
+  std::unordered_set<engine::RequestId> running_completions;
   std::mutex connections_mutex;
   std::unordered_map<WsSession*, std::weak_ptr<WsSession>> connections;
 

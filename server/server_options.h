@@ -24,6 +24,9 @@ struct ServerOptions {
   // closed with WebSocket status 1009 (the frame is never buffered whole).
   size_t max_message_bytes = size_t{1} << 20;
   static constexpr size_t kHardMessageFactor = 4;
+  // Arrays and objects nested deeper than this in a client event get a `json_too_deep` error event (checked
+  // before parsing, so a hostile message never reaches a recursive walk).
+  int max_json_depth = 64;
   // HTTP request head + body limit for the plain HTTP routes.
   size_t max_http_request_bytes = size_t{64} << 10;
   // Outgoing bytes queued for one connection (one write in flight, the rest waits). A client that does not
@@ -38,7 +41,8 @@ struct ServerOptions {
 
   std::chrono::seconds handshake_timeout{10};  // TCP accept -> WebSocket upgrade done, and HTTP request read
   std::chrono::seconds idle_timeout{300};      // no frame from the client (Beast pings it at half of this)
-  std::chrono::seconds shutdown_grace{10};  // SIGTERM: time for cancelled responses to report response.done
+  // SIGTERM/SIGINT: how long running responses may go on to finish before the rest are cancelled.
+  std::chrono::seconds shutdown_grace{10};
 
   // Sessions (SessionRegistry): the last events kept per session for session.resume, bounded both ways;
   // how long an idle session lives (0 = until deleted); how long an idle session's KV stays pinned.

@@ -177,6 +177,13 @@ void SessionRegistry::emit(Session& session, json event) {
   event["event_id"] = make_id("evt_");
   event["seq"] = ++session.seq;
   event["session_id"] = session.id;
+  const std::string type = event.value("type", "");
+  if (type == "response.done" && !session.cancel_reason.empty()) {
+    if (event["response"].value("status", "") == "cancelled")
+      event["response"]["status_details"] = {{"type", "cancelled"}, {"reason", session.cancel_reason}};
+    session.cancel_reason.clear();
+  }
+  const bool carries_tokens = type == "response.output_text.delta" || type == "response.reasoning.delta";
   std::string frame = event.dump(-1, ' ', false, json::error_handler_t::replace);
   session.replay_bytes += frame.size();
   session.replay.push_back({session.seq, frame});
@@ -185,7 +192,7 @@ void SessionRegistry::emit(Session& session, json event) {
     session.replay_bytes -= session.replay.front().frame.size();
     session.replay.pop_front();
   }
-  if (auto sink = session.sink.lock()) sink->deliver_frame(std::move(frame));
+  if (auto sink = session.sink.lock()) sink->deliver_frame(std::move(frame), carries_tokens);
 }
 
 bool SessionRegistry::attach(Session& session, const std::shared_ptr<EventSink>& sink, uint64_t last_seq) {
@@ -195,8 +202,10 @@ bool SessionRegistry::attach(Session& session, const std::shared_ptr<EventSink>&
   if (last_seq > session.seq) session.seq = last_seq;
   const bool complete =
       session.seq == last_seq || (!session.replay.empty() && session.replay.front().seq <= last_seq + 1);
+  std::vector<std::string> missed;
   for (const auto& record : session.replay)
-    if (record.seq > last_seq) sink->deliver_frame(record.frame);
+    if (record.seq > last_seq) missed.push_back(record.frame);
+  if (!missed.empty()) sink->deliver_replay(std::move(missed));
   return complete;
 }
 
@@ -260,6 +269,20 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::tenant_sessions(const std
 size_t SessionRegistry::live_sessions() const {
   std::lock_guard lock(mutex_);
   return sessions_.size();
+}
+
+std::vector<std::shared_ptr<Session>> SessionRegistry::running_sessions() const {
+  std::vector<std::shared_ptr<Session>> in_memory;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, session] : sessions_) in_memory.push_back(session);
+  }
+  std::vector<std::shared_ptr<Session>> out;
+  for (auto& session : in_memory) {
+    std::lock_guard lock(session->mutex);
+    if (session->running) out.push_back(std::move(session));
+  }
+  return out;
 }
 
 size_t SessionRegistry::sweep_expired(int64_t now) {

@@ -38,7 +38,11 @@ namespace agentserve::server {
 class EventSink {
  public:
   virtual ~EventSink() = default;
-  virtual void deliver_frame(std::string frame) = 0;
+  // A live event. `carries_tokens`: a text or reasoning delta (the transport times its write).
+  virtual void deliver_frame(std::string frame, bool carries_tokens) = 0;
+  // The kept events a resume hands over, in seq order. They are bounded by the replay window, not by the
+  // connection's limit on unread live output: a client dropped for not reading must be able to catch up.
+  virtual void deliver_replay(std::vector<std::string> frames) = 0;
   // Another connection resumed this session; this one no longer receives its events.
   virtual void taken_over(const std::string& session_id) = 0;
 };
@@ -76,6 +80,9 @@ struct Session {
   int64_t updated_at = 0;
   std::optional<RunningResponse> running;
   bool deleted = false;
+  // Why the running response is being cancelled ("client_cancelled", "server_shutdown"); emit() puts it in
+  // that response's response.done as status_details and clears it.
+  std::string cancel_reason;
   bool loaded_from_store = false;  // reloaded after a restart and not yet resumed (KV not warmed)
   bool lost_unfinished_turn = false;  // items or a response after the last turn were lost in a crash
   // Bumped whenever the session's KV pin changes hands (a response starts, a new pin is taken): an idle
@@ -117,12 +124,13 @@ class SessionRegistry {
   // cancels a running response first (the registry never calls the engine). NotFound as for get().
   Status erase(const Tenant& tenant, std::string_view id);
 
-  // Stamps type-independent envelope fields (event_id, seq, session_id), keeps the frame for replay and
-  // hands it to the attached sink. Caller holds session.mutex.
+  // Stamps type-independent envelope fields (event_id, seq, session_id) and, on a cancelled response.done,
+  // status_details from session.cancel_reason; keeps the frame for replay and hands it to the attached
+  // sink. Caller holds session.mutex.
   void emit(Session& session, nlohmann::json event);
   // Attaches `sink` (the previous sink, if another, is told taken_over) and hands it every kept event with
-  // seq > last_seq, in order. Returns false when events after last_seq were already dropped from the
-  // replay window. Caller holds session.mutex.
+  // seq > last_seq, in order, as one deliver_replay. Returns false when events after last_seq were already
+  // dropped from the replay window. Caller holds session.mutex.
   bool attach(Session& session, const std::shared_ptr<EventSink>& sink, uint64_t last_seq);
   // Detaches `sink` if it is the attached one. Caller holds session.mutex.
   void detach(Session& session, const EventSink* sink);
@@ -143,6 +151,9 @@ class SessionRegistry {
   // The tenant's sessions in memory, other than `except` (for the KV blocks they share with it).
   std::vector<std::shared_ptr<Session>> tenant_sessions(const std::string& tenant, const Session* except) const;
   size_t live_sessions() const;
+  // The sessions in memory with a response (or a resume's warm-up) running: what a graceful shutdown waits
+  // for, then cancels.
+  std::vector<std::shared_ptr<Session>> running_sessions() const;
 
  private:
   void forget(const std::string& tenant, std::string_view id);  // caller holds mutex_

@@ -42,6 +42,10 @@ std::optional<ProtocolError> check_session_tools(const ServerContext& context, c
   return std::nullopt;
 }
 
+// While a task posted to a response's executor runs: when it was posted. The turn loop posts each engine
+// event from the engine's callback, so a delta emitted by that task left the engine at this time.
+thread_local std::optional<std::chrono::steady_clock::time_point> t_posted_at;
+
 // The longest prefix of `tokens` that another session's token ids start with too.
 int shared_prefix(const std::vector<int32_t>& tokens, const std::vector<int32_t>& other) {
   const size_t n = std::min(tokens.size(), other.size());
@@ -128,16 +132,18 @@ void WsSession::do_read() {
 
 void WsSession::on_read(beast::error_code ec, size_t) {
   if (ec) {
-    if (ec == websocket::error::message_too_big)
+    if (ec == websocket::error::message_too_big) {
       spdlog::info("closing a connection: message over the hard limit");
-    else if (ec != websocket::error::closed && ec != net::error::operation_aborted)
+    } else if (ec == websocket::error::bad_frame_payload) {
+      // Beast has already failed the connection with 1007 (a text frame that is not UTF-8).
+      spdlog::info("closing a connection: invalid frame payload (not UTF-8)");
+      context_.metrics->record_error("bad_frame_payload");
+    } else if (ec != websocket::error::closed && ec != net::error::operation_aborted) {
       spdlog::debug("websocket read ended: {}", ec.message());
+    }
     closed_ = true;
     // The sessions stay (responses keep running, events are kept for resume); they just stop coming here.
-    for (const auto& session : sessions_) {
-      std::lock_guard lock(session->mutex);
-      context_.sessions->detach(*session, this);
-    }
+    detach_sessions();
     return;
   }
   if (!ws_.got_text()) {
@@ -373,7 +379,11 @@ Status WsSession::start_agent_response(const std::shared_ptr<Session>& session, 
                                        const std::string& event_id) {
   const std::string response_id = make_id("r_");
   agent::Executor post = [executor = ws_.get_executor()](std::function<void()> fn) {
-    net::post(executor, std::move(fn));
+    net::post(executor, [posted_at = std::chrono::steady_clock::now(), fn = std::move(fn)] {
+      t_posted_at = posted_at;
+      fn();
+      t_posted_at.reset();
+    });
   };
   auto created = AgentResponse::create(context_, session, response_id, std::move(sampling), post, scheduler());
   if (!created.ok()) {
@@ -434,6 +444,7 @@ void WsSession::on_response_cancel(const ClientEvent& event) {
   if (!running || running->warmup || (!event.response_id.empty() && event.response_id != running->id))
     return send_error(invalid("response_not_found", "no such response is running", "response_id"),
                       event.event_id);
+  session->cancel_reason = "client_cancelled";
   running->agent->cancel();  // response.done (cancelled) follows from the loop
 }
 
@@ -460,12 +471,22 @@ bool WsSession::any_running() const {
   });
 }
 
-void WsSession::deliver_frame(std::string frame) {
+void WsSession::deliver_frame(std::string frame, bool carries_tokens) {
+  OutFrame out{std::move(frame), false, std::nullopt};
+  if (carries_tokens) out.token_at = t_posted_at;
   // Counted until queued: a close once nothing runs must not overtake a response's last events on their way.
   ++frames_in_flight_;
-  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+  net::post(ws_.get_executor(), [self = shared_from_this(), out = std::move(out)]() mutable {
     --self->frames_in_flight_;
-    self->queue_frame(std::move(frame));
+    self->queue_frame(std::move(out));
+  });
+}
+
+void WsSession::deliver_replay(std::vector<std::string> frames) {
+  ++frames_in_flight_;
+  net::post(ws_.get_executor(), [self = shared_from_this(), frames = std::move(frames)]() mutable {
+    --self->frames_in_flight_;
+    for (auto& frame : frames) self->queue_frame({std::move(frame), true, std::nullopt});
   });
 }
 
@@ -486,23 +507,33 @@ void WsSession::send_error(ProtocolError error, const std::string& event_id) {
 void WsSession::send(json event) {
   event["event_id"] = make_id("evt_");
   event["seq"] = 0;
-  queue_frame(event.dump(-1, ' ', false, json::error_handler_t::replace));
+  queue_frame({event.dump(-1, ' ', false, json::error_handler_t::replace), false, std::nullopt});
 }
 
-void WsSession::queue_frame(std::string frame) {
+size_t WsSession::waiting_bytes(bool replay) const {
+  size_t bytes = replay ? replay_bytes_ : live_bytes_;
+  if (writing_ && queue_.front().replay == replay) bytes -= queue_.front().bytes.size();
+  return bytes;
+}
+
+void WsSession::queue_frame(OutFrame frame) {
   if (closed_) return;
-  queued_bytes_ += frame.size();
-  if (queued_bytes_ > context_.options.max_write_queue_bytes) {
-    spdlog::warn("disconnecting a client that does not read ({} bytes queued)", queued_bytes_);
-    return drop();
-  }
+  (frame.replay ? replay_bytes_ : live_bytes_) += frame.bytes.size();
+  const bool replay = frame.replay;
   queue_.push_back(std::move(frame));
-  if (!writing_) do_write();
+  if (!writing_) return do_write();
+  // A resume hands over at most a replay window per session; more than this connection's sessions can hold
+  // means a client resuming again and again without reading.
+  const size_t limit = replay ? context_.options.replay_max_bytes *
+                                    static_cast<size_t>(context_.options.max_sessions_per_connection)
+                              : context_.options.max_write_queue_bytes;
+  if (waiting_bytes(replay) > limit) disconnect_unread();
 }
 
 void WsSession::do_write() {
   writing_ = true;
-  ws_.async_write(net::buffer(queue_.front()), beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
+  ws_.async_write(net::buffer(queue_.front().bytes),
+                  beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
 }
 
 void WsSession::on_write(beast::error_code ec, size_t) {
@@ -511,39 +542,90 @@ void WsSession::on_write(beast::error_code ec, size_t) {
     if (ec != net::error::operation_aborted) spdlog::debug("websocket write failed: {}", ec.message());
     return drop();
   }
-  queued_bytes_ -= queue_.front().size();
+  const OutFrame& written = queue_.front();
+  if (written.token_at)
+    context_.metrics->observe_token_write_latency(
+        std::chrono::duration<double>(Clock::now() - *written.token_at).count());
+  (written.replay ? replay_bytes_ : live_bytes_) -= written.bytes.size();
   queue_.pop_front();
+  if (close_after_write_) {
+    const websocket::close_reason reason = *close_after_write_;
+    close_after_write_.reset();
+    return start_close(reason);
+  }
   if (!queue_.empty()) return do_write();
-  if (closing_ && !closed_ && !any_running() && frames_in_flight_ == 0) close_when_flushed();
+  close_if_done();
 }
 
-void WsSession::close_when_flushed() {
-  if (closed_ || writing_) return;  // on_write comes back here once the queue is empty
+void WsSession::close_if_done() {
+  if (!closing_ || closed_ || writing_ || !queue_.empty()) return;
+  if (!forced_ && (any_running() || frames_in_flight_ > 0)) return;
+  start_close({websocket::close_code::going_away, "server shutting down"});
+}
+
+void WsSession::start_close(const websocket::close_reason& reason) {
   closed_ = true;
-  ws_.async_close(websocket::close_code::going_away, [self = shared_from_this()](beast::error_code) {});
+  if (writing_) {
+    close_after_write_ = reason;
+    return;
+  }
+  ws_.async_close(reason, [self = shared_from_this()](beast::error_code) {});
+}
+
+void WsSession::disconnect_unread() {
+  spdlog::warn("closing a connection that does not read ({} bytes waiting, {} of them replayed)",
+               waiting_bytes(false) + waiting_bytes(true), waiting_bytes(true));
+  context_.metrics->record_error("client_not_reading");
+  detach_sessions();
+  // Only the frame being written stays (its buffer is in use); the rest is in the sessions' replay windows.
+  while (queue_.size() > (writing_ ? 1u : 0u)) {
+    (queue_.back().replay ? replay_bytes_ : live_bytes_) -= queue_.back().bytes.size();
+    queue_.pop_back();
+  }
+  start_close({websocket::close_code::policy_error, "client is not reading"});
+  close_socket_after(context_.options.handshake_timeout);
+}
+
+void WsSession::detach_sessions() {
+  for (const auto& session : sessions_) {
+    std::lock_guard lock(session->mutex);
+    context_.sessions->detach(*session, this);
+  }
+}
+
+void WsSession::close_socket_after(std::chrono::steady_clock::duration delay) {
+  auto timer = std::make_shared<net::steady_timer>(ws_.get_executor(), delay);
+  // Weak: a connection that closed in time is not kept alive by its timer.
+  timer->async_wait([weak = weak_from_this(), timer](beast::error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self) return;
+    beast::error_code ignored;
+    beast::get_lowest_layer(self->ws_).socket().close(ignored);
+  });
 }
 
 void WsSession::drop() {
   // The queue stays: a write in flight still refers to its front until it completes with an error.
   closed_ = true;
-  for (const auto& session : sessions_) {
-    std::lock_guard lock(session->mutex);
-    context_.sessions->detach(*session, this);
-  }
+  close_after_write_.reset();
+  detach_sessions();
   beast::error_code ignored;
   beast::get_lowest_layer(ws_).socket().close(ignored);
 }
 
-void WsSession::shutdown() {
+void WsSession::begin_shutdown() {
   net::post(ws_.get_executor(), [self = shared_from_this()] {
     self->closing_ = true;
-    for (const auto& s : self->sessions_) {
-      std::lock_guard lock(s->mutex);
-      if (!s->running) continue;
-      if (s->running->agent) s->running->agent->cancel();
-      else self->context_.engine->cancel(s->running->request_id);
-    }
-    if (!self->any_running() && self->frames_in_flight_ == 0) self->close_when_flushed();
+    self->close_if_done();
+  });
+}
+
+void WsSession::finish_shutdown() {
+  net::post(ws_.get_executor(), [self = shared_from_this()] {
+    self->closing_ = true;
+    self->forced_ = true;
+    self->close_if_done();
+    self->close_socket_after(std::chrono::seconds(2));
   });
 }
 

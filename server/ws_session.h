@@ -6,11 +6,16 @@
 // whichever connection is attached (this one, or the one that resumed it). A response whose client went
 // away still finishes and commits its steps (a client call it waits for ends at its deadline).
 //
+// Backpressure: live frames waiting behind the write in flight are bounded by max_write_queue_bytes; past
+// it the client is closed with 1008 (policy violation) and its sessions keep their events for a resume.
+// Frames a resume replays are bounded by the replay window instead, so a client can always catch up.
+//
 // It must never block an io thread, never touch the socket off its strand, and never let client input
 // end the process or the connection (only transport errors, limits on unread output and shutdown do).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -46,11 +51,16 @@ class WsSession : public EventSink, public std::enable_shared_from_this<WsSessio
 
   // Completes the WebSocket handshake of `upgrade` (already read by the HTTP side) and starts reading.
   void run(boost::beast::http::request<boost::beast::http::string_body> upgrade);
-  // From any thread: cancel running responses, let their response.done go out, then close (going away).
-  void shutdown();
+  // Graceful shutdown, from any thread. begin_shutdown: no new responses; the connection closes (1001) once
+  // the responses of its sessions have ended and their last events are written. finish_shutdown (after the
+  // grace period, once what was left is cancelled): close once the queue is flushed, whatever still runs,
+  // and cut the socket if that has not happened within a few seconds.
+  void begin_shutdown();
+  void finish_shutdown();
 
-  // EventSink: from any thread (under the session's lock); both hop to this connection's strand.
-  void deliver_frame(std::string frame) override;
+  // EventSink: from any thread (under the session's lock); all hop to this connection's strand.
+  void deliver_frame(std::string frame, bool carries_tokens) override;
+  void deliver_replay(std::vector<std::string> frames) override;
   void taken_over(const std::string& session_id) override;
 
  private:
@@ -85,25 +95,47 @@ class WsSession : public EventSink, public std::enable_shared_from_this<WsSessio
   static void deliver(ServerContext& context, const std::shared_ptr<Session>& session,
                       const engine::GenerationEvent& event);
 
+  using Clock = std::chrono::steady_clock;
+  struct OutFrame {
+    std::string bytes;
+    bool replay = false;              // handed over by a resume (bounded by the replay window)
+    std::optional<Clock::time_point> token_at;  // when the engine released the token(s) it carries
+  };
+
   // Connection-level events (error, pong): seq 0, not kept for replay. Strand only.
   void send(nlohmann::json event);
-  // Queues a frame; a queue past the limit disconnects the client. Strand only.
-  void queue_frame(std::string frame);
+  // Queues a frame; waiting live frames past max_write_queue_bytes (or replayed ones past what the replay
+  // windows of this connection's sessions can hold) disconnect the client. Strand only.
+  void queue_frame(OutFrame frame);
+  // Bytes of one kind queued behind the write in flight.
+  size_t waiting_bytes(bool replay) const;
   void send_error(ProtocolError error, const std::string& event_id = "");
   void do_write();
   void on_write(boost::beast::error_code ec, size_t bytes);
-  void close_when_flushed();
-  void drop();  // ends the connection now (transport error, unread output)
+  // Shutdown: closes with 1001 once nothing more is to be written (and, before finish_shutdown, nothing of
+  // this connection's sessions runs).
+  void close_if_done();
+  // Sends a close frame with `reason` once the write in flight (if any) completes; nothing is queued after.
+  void start_close(const boost::beast::websocket::close_reason& reason);
+  // A client that does not read: frames behind the write in flight are dropped (the sessions keep them
+  // for a resume) and the connection closes with 1008, cut after handshake_timeout if the close cannot go.
+  void disconnect_unread();
+  void detach_sessions();
+  void close_socket_after(std::chrono::steady_clock::duration delay);
+  void drop();  // ends the connection now (transport error)
   bool any_running() const;
 
   ServerContext& context_;
   boost::beast::websocket::stream<boost::beast::tcp_stream> ws_;
   boost::beast::flat_buffer buffer_;
-  std::deque<std::string> queue_;
-  size_t queued_bytes_ = 0;
+  std::deque<OutFrame> queue_;  // the front is being written while writing_
+  size_t live_bytes_ = 0;       // queued live frames, the one in flight included
+  size_t replay_bytes_ = 0;     // queued replayed frames, the one in flight included
   bool writing_ = false;
   bool closing_ = false;  // shutdown: no new responses; close once nothing runs and the queue is flushed
-  bool closed_ = false;   // close started or connection dropped: nothing more is written
+  bool forced_ = false;   // finish_shutdown: close once the queue is flushed, whatever runs
+  bool closed_ = false;   // close started or connection dropped: nothing more is queued
+  std::optional<boost::beast::websocket::close_reason> close_after_write_;
   std::atomic<int> frames_in_flight_{0};  // deliver_frame posted, not yet queued
   std::optional<Tenant> tenant_;  // set by run() once the upgrade is authenticated
   // Sessions this connection created or resumed, in that order (the newest is the default). Strand only.

@@ -2,6 +2,7 @@
 // completions streaming and not, OpenAI-shaped errors, auth, keep-alive, session REST, /metrics.
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <chrono>
 #include <map>
 #include <regex>
@@ -373,6 +374,27 @@ TEST_CASE("a client that disconnects mid-stream cancels its engine request") {
   CHECK_MESSAGE(seen, "no cancelled request after the client left");
 }
 
-TEST_CASE("the server stops cleanly on SIGTERM") {
+TEST_CASE("SIGTERM during a streamed chat completion lets it finish within the grace period, then exit 0") {
+  KeepAliveClient client(server().port);
+  http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+  req.set(http::field::host, "127.0.0.1");
+  req.set(http::field::authorization, std::string("Bearer ") + kKeyA);
+  req.body() = stock_request(48, true).dump();
+  req.prepare_payload();
+  http::write(client.socket(), req);
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(16 << 20);
+  http::read_header(client.socket(), client.buffer(), parser);
+  REQUIRE(parser.get().result_int() == 200);
+  ::kill(server().pid, SIGTERM);
+  beast::error_code ec;
+  http::read(client.socket(), client.buffer(), parser, ec);
+  REQUIRE_MESSAGE(!ec, ec.message());
+  const std::vector<std::string> data = sse_data(parser.get().body());
+  REQUIRE(data.size() >= 2);
+  CHECK(data.back() == "[DONE]");
+  const json last = json::parse(data[data.size() - 2]);
+  const std::string finish = last["choices"][0]["finish_reason"];
+  CHECK((finish == "length" || finish == "stop"));  // finished, not cancelled by the stop
   CHECK(server().stop() == 0);
 }

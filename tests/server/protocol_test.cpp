@@ -186,6 +186,44 @@ TEST_CASE("size limits: message bytes, content bytes") {
   CHECK(long_content.param == "item.content");
 }
 
+TEST_CASE("nesting past max_json_depth is json_too_deep, counted outside strings, before any parse") {
+  ServerOptions options;
+  options.max_json_depth = 3;
+  CHECK(std::holds_alternative<ClientEvent>(parse(R"({"type":"ping","x":[[1]]})", options)));
+  CHECK(parse_error(R"({"type":"ping","x":[[[1]]]})", options).code == "json_too_deep");
+  CHECK(parse_error(R"({"type":"ping","x":{"a":{"b":{}}}})", options).code == "json_too_deep");
+  // Brackets and escaped quotes inside strings are not nesting.
+  CHECK(std::holds_alternative<ClientEvent>(parse(R"({"type":"ping","x":"[[[[\"{{{{"})", options)));
+  // Not JSON at all: the depth is still judged first (a flood of brackets never reaches the parser).
+  CHECK(parse_error(std::string(10000, '['), options).code == "json_too_deep");
+  // The reference: an exact depth count on random bracket strings, with and without strings in between.
+  std::mt19937 rng(7);
+  const std::string alphabet = "[]{}\"\\a";
+  for (int round = 0; round < 500; ++round) {
+    std::string text;
+    const int n = static_cast<int>(rng() % 40);
+    for (int i = 0; i < n; ++i) text += alphabet[rng() % alphabet.size()];
+    int depth = 0;
+    int deepest = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+      const char c = text[i];
+      if (in_string) {
+        if (c == '\\') ++i;
+        else if (c == '"') in_string = false;
+        continue;
+      }
+      if (c == '"') in_string = true;
+      if (c == '[' || c == '{') deepest = std::max(deepest, ++depth);
+      if (c == ']' || c == '}') --depth;
+    }
+    for (int limit = 1; limit < 6; ++limit) {
+      INFO(text << " limit " << limit);
+      CHECK(server::json_nesting_exceeds(text, limit) == (deepest > limit));
+    }
+  }
+}
+
 TEST_CASE("ping, response.cancel and session.delete parse with their optional ids") {
   CHECK(parse_ok(R"({"type":"ping","event_id":"p1"})").type == ClientEventType::kPing);
   const ClientEvent cancel = parse_ok(R"({"type":"response.cancel","response_id":"r_1"})");

@@ -21,7 +21,7 @@ TEST_CASE("options, keys and tenants are read from one JSON file") {
   const std::string hex = sha256_hex("secret-b");
   auto config = parse_server_config(R"({
     "port": 9001, "io_threads": 3, "max_write_queue_bytes": 65536, "session_ttl_seconds": 3600,
-    "replay_max_events": 64, "idle_pin_window_seconds": 30,
+    "replay_max_events": 64, "idle_pin_window_seconds": 30, "max_json_depth": 16, "shutdown_grace_seconds": 3,
     "api_keys": [{"key": "secret-a", "tenant": "alpha"}, {"key_sha256": ")" + hex + R"(", "tenant": "beta"}],
     "tenants": {"alpha": {"max_sessions": 2, "max_concurrent_responses": 1, "tokens_per_minute": 500,
                           "moderation_fail_open": true}},
@@ -34,6 +34,8 @@ TEST_CASE("options, keys and tenants are read from one JSON file") {
   CHECK(config->options.session_ttl.count() == 3600);
   CHECK(config->options.replay_max_events == 64);
   CHECK(config->options.idle_pin_window.count() == 30);
+  CHECK(config->options.max_json_depth == 16);
+  CHECK(config->options.shutdown_grace.count() == 3);
   REQUIRE(config->api_keys.size() == 2);
   CHECK(config->api_keys[0].sha256 == hash_api_key("secret-a"));
   CHECK(config->api_keys[1].sha256 == hash_api_key("secret-b"));
@@ -59,6 +61,8 @@ TEST_CASE("unknown keys, wrong types and bad values are errors naming the key") 
         std::string::npos);
   CHECK(error_of(R"({"port": "80"})").find("'port'") != std::string::npos);
   CHECK(error_of(R"({"port": 70000})").find("'port'") != std::string::npos);
+  CHECK(error_of(R"({"max_json_depth": 0})").find("'max_json_depth'") != std::string::npos);
+  CHECK(error_of(R"({"shutdown_grace_seconds": -1})").find("'shutdown_grace_seconds'") != std::string::npos);
   CHECK(error_of(R"({"api_keys": [{"key_sha256": "abc", "tenant": "t"}]})").find("key_sha256") !=
         std::string::npos);
   CHECK(error_of(R"({"api_keys": [{"tenant": "t"}]})").find("api_keys[0]") != std::string::npos);

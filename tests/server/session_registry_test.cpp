@@ -21,7 +21,12 @@ constexpr int kVocab = 1000;
 struct Recorder : EventSink {
   std::vector<json> events;
   std::vector<std::string> taken;
-  void deliver_frame(std::string frame) override { events.push_back(json::parse(frame)); }
+  int replays = 0;  // deliver_replay calls
+  void deliver_frame(std::string frame, bool) override { events.push_back(json::parse(frame)); }
+  void deliver_replay(std::vector<std::string> frames) override {
+    ++replays;
+    for (const auto& frame : frames) events.push_back(json::parse(frame));
+  }
   void taken_over(const std::string& id) override { taken.push_back(id); }
 };
 
@@ -85,6 +90,7 @@ TEST_CASE("events get the session's next seq and a resume replays exactly those 
   auto second = std::make_shared<Recorder>();
   CHECK(registry.attach(*session, second, 4));  // 5 and 6 are still kept (window of 4: 3..6)
   REQUIRE(second->events.size() == 2);
+  CHECK(second->replays == 1);  // handed over in one piece, apart from the live stream
   CHECK(second->events[0]["seq"] == 5);
   CHECK(second->events[1]["seq"] == 6);
   CHECK(first->taken == std::vector<std::string>{session->id});
@@ -95,6 +101,33 @@ TEST_CASE("events get the session's next seq and a resume replays exactly those 
   auto third = std::make_shared<Recorder>();
   CHECK_FALSE(registry.attach(*session, third, 1));  // 2 fell out of the window: the replay has a gap
   CHECK(third->events.front()["seq"] == 4);
+}
+
+TEST_CASE("a cancelled response.done carries the cancel reason once; running_sessions lists running ones") {
+  Auth auth;
+  SessionRegistry registry(options(), nullptr, auth);
+  auto idle = *registry.create(auth.tenant("default"), SessionConfig{});
+  auto busy = *registry.create(auth.tenant("default"), SessionConfig{});
+  auto sink = std::make_shared<Recorder>();
+  {
+    std::lock_guard lock(busy->mutex);
+    registry.attach(*busy, sink, 0);
+    busy->running = RunningResponse{"r_1", 0, false, nullptr};
+  }
+  const auto running = registry.running_sessions();
+  REQUIRE(running.size() == 1);
+  CHECK(running[0] == busy);
+  const json done = {{"type", "response.done"}, {"response", {{"id", "r_1"}, {"status", "cancelled"}}}};
+  std::lock_guard lock(busy->mutex);
+  busy->cancel_reason = "server_shutdown";
+  busy->running.reset();
+  registry.emit(*busy, done);
+  registry.emit(*busy, done);
+  REQUIRE(sink->events.size() == 2);
+  CHECK(sink->events[0]["response"]["status_details"] ==
+        json{{"type", "cancelled"}, {"reason", "server_shutdown"}});
+  CHECK_FALSE(sink->events[1]["response"].contains("status_details"));
+  CHECK(busy->cancel_reason.empty());
 }
 
 TEST_CASE("committed turns, config and seq survive a restart; user items after the last turn are reported lost") {

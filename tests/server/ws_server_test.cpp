@@ -1,5 +1,6 @@
 // Integration: the real `agentserve serve` binary with a tiny generated model, driven over real HTTP and
-// WebSocket connections with Boost.Beast's client, then stopped with SIGTERM.
+// WebSocket connections with Boost.Beast's client (bad input and its limits: JSON depth, invalid UTF-8),
+// then stopped with SIGTERM during a response, which finishes within the grace period.
 #include <doctest/doctest.h>
 
 #include <string>
@@ -181,6 +182,7 @@ TEST_CASE("a second response.create while one runs is refused, and response.canc
   for (const json& e : events) cancel_refused |= e["type"] == "error";
   // The tiny model may reach its end before the cancel arrives; then the cancel is refused instead.
   CHECK((status == "cancelled" || cancel_refused));
+  if (status == "cancelled") CHECK(done["response"]["status_details"]["reason"] == "client_cancelled");
   CHECK(done["response"]["usage"]["completion_tokens"].get<int>() < 4000);
 }
 
@@ -227,20 +229,68 @@ TEST_CASE("/metrics is Prometheus text with the engine's token counts") {
   CHECK(std::stod(metrics.body.substr(at + 36)) >= 8);
 }
 
-TEST_CASE("SIGTERM cancels a running response, reports it, closes the socket and exits 0") {
+TEST_CASE("events nested past max_json_depth get json_too_deep; a text frame that is not UTF-8 is closed "
+          "with 1007; the server keeps serving") {
   SharedClient client;
-  client.send(greedy_session(4000));
+  // The default limit is 64 levels: the event object and 63 arrays inside it are fine, one more is not.
+  const auto nested = [](int arrays) {
+    return R"({"type":"ping","event_id":"deep","x":)" + std::string(arrays, '[') + std::string(arrays, ']') +
+           "}";
+  };
+  client.send(nested(63));
+  CHECK(client.read()["type"] == "pong");
+  client.send(nested(64));
+  json e = client.read();
+  CHECK(e["type"] == "error");
+  CHECK(e["error"]["code"] == "json_too_deep");
+  // Brackets inside strings are text, not nesting.
+  client.send(json{{"type", "ping"}, {"x", std::string(500, '[')}});
+  CHECK(client.read()["type"] == "pong");
+  client.send(std::string(200000, '['));
+  CHECK(client.read()["error"]["code"] == "json_too_deep");
+
+  {
+    SharedClient bad;
+    bad.send(std::string("{\"type\":\"ping\",\"event_id\":\"\xff\xfe\"}"));
+    beast::flat_buffer buffer;
+    beast::error_code ec;
+    bad.ws().read(buffer, ec);
+    CHECK(ec == websocket::error::closed);
+    CHECK(bad.ws().reason().code == websocket::close_code::bad_payload);
+  }
+  client.send(json{{"type", "ping"}, {"event_id", "still"}});
+  CHECK(client.read()["reply_to"] == "still");
+  SharedClient fresh;
+  fresh.send(json{{"type", "ping"}, {"event_id", "new"}});
+  CHECK(fresh.read()["reply_to"] == "new");
+  const std::string metrics = get("/metrics").body;
+  CHECK(metrics.find(R"(agentserve_errors_total{code="json_too_deep"} 2)") != std::string::npos);
+  CHECK(metrics.find(R"(agentserve_errors_total{code="bad_frame_payload"} 1)") != std::string::npos);
+}
+
+TEST_CASE("SIGTERM during a short response lets it finish: the rest of it, response.done, close 1001, "
+          "exit 0") {
+  SharedClient client;
+  client.send(greedy_session(48));
   client.read_until("session.created");
   client.send(user_message("Go on"));
   client.read_until("conversation.item.created");
   client.send(json{{"type", "response.create"}});
   client.read_until("response.created");
   ::kill(server().pid(), SIGTERM);
+  std::vector<json> streamed;
+  const json text_done = client.read_until("response.output_text.done", &streamed);
+  std::string deltas;
+  for (const json& e : streamed)
+    if (e["type"] == "response.output_text.delta") deltas += e["delta"].get<std::string>();
+  CHECK(text_done["text"] == deltas);
   const json done = client.read_until("response.done");
-  CHECK(done["response"]["status"] != "failed");
+  const std::string status = done["response"]["status"];
+  CHECK((status == "completed" || status == "incomplete"));  // finished within the grace period, not cut
   beast::flat_buffer buffer;
   beast::error_code ec;
   client.ws().read(buffer, ec);
   CHECK(ec == websocket::error::closed);
+  CHECK(client.ws().reason().code == websocket::close_code::going_away);
   CHECK(server().stop() == 0);
 }

@@ -2,10 +2,12 @@
 // for two tenants), a temporary data dir and real WebSocket clients: 401 on a wrong key, tenants apart,
 // tenant limits, takeover, resume after a disconnect mid-stream (the rest exactly once), resume after
 // kill -9 and after SIGTERM (committed turns back, the next answer identical to a server that never
-// restarted).
+// restarted), resume after being closed (1008) for not reading, and SIGTERM with a grace period shorter
+// than the response (cancelled with reason server_shutdown, 1001, exit 0, resumable after a restart).
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,19 +26,23 @@ struct Fixture {
   std::string model;
   std::string config;
 
-  explicit Fixture(const std::string& name) {
+  // `options`: more config keys (transport limits) merged into the file.
+  explicit Fixture(const std::string& name, const json& options = json::object()) {
     dir = scratch_dir("server_ws_sessions_test", name);
     model = make_tiny_model(dir).string();
     config = (dir / "config.json").string();
-    std::ofstream(config) << json{{"api_keys",
-                                   {{{"key", kAlphaKey}, {"tenant", "alpha"}}, {{"key", kBetaKey}, {"tenant", "beta"}}}},
-                                  {"tenants", {{"beta", {{"max_sessions", 2}, {"max_concurrent_responses", 1}}}}}}
-                                  .dump();
+    json file = {{"api_keys",
+                  {{{"key", kAlphaKey}, {"tenant", "alpha"}}, {{"key", kBetaKey}, {"tenant", "beta"}}}},
+                 {"tenants", {{"beta", {{"max_sessions", 2}, {"max_concurrent_responses", 1}}}}}};
+    file.update(options);
+    std::ofstream(config) << file.dump();
   }
 
-  std::vector<std::string> args() const {
-    return {"--model",      model, "--config", config, "--data-dir", (dir / "data").string(), "--threads", "2",
-            "--kv-cache-mb", "64"};
+  std::vector<std::string> args(std::vector<std::string> more = {}) const {
+    std::vector<std::string> all = {"--model",     model, "--config",    config, "--data-dir",
+                                    (dir / "data").string(), "--threads", "2",   "--kv-cache-mb", "64"};
+    all.insert(all.end(), more.begin(), more.end());
+    return all;
   }
 };
 
@@ -53,6 +59,19 @@ json turn(Client& client, const std::string& message, std::string* text = nullpt
   const json done_text = client.read_until("response.output_text.done");
   if (text) *text = done_text["text"];
   return client.read_until("response.done");
+}
+
+// Reads one event, or returns null once the connection is closed (its close frame's code in `code`).
+std::optional<json> read_or_closed(Client& client, int& code) {
+  beast::flat_buffer buffer;
+  beast::error_code ec;
+  client.ws().read(buffer, ec);
+  if (ec) {
+    CHECK_MESSAGE(ec == websocket::error::closed, ec.message());
+    code = static_cast<int>(client.ws().reason().code);
+    return std::nullopt;
+  }
+  return json::parse(beast::buffers_to_string(buffer.data()));
 }
 
 std::string long_message(int round) {
@@ -167,7 +186,8 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
   Fixture f("restart");
   const int kTurns = 4;
   ServerProcess server;
-  server.start(f.args());
+  // No grace: SIGTERM cancels the running response at once.
+  server.start(f.args({"--shutdown-grace-seconds", "0"}));
   std::string id;
   std::vector<std::string> answers;
   std::string reference_next;
@@ -195,7 +215,7 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
   CHECK(committed_tokens > 1000);
   CHECK(server.kill9() == 128 + SIGKILL);
 
-  server.start(f.args());
+  server.start(f.args({"--shutdown-grace-seconds", "0"}));
   {
     Client client(server.port(), kAlphaKey);
     client.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", 0}});
@@ -222,10 +242,9 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
     ::kill(server.pid(), SIGTERM);
     const json done = client.read_until("response.done");
     CHECK(done["response"]["status"] != "failed");
-    beast::flat_buffer buffer;
-    beast::error_code ec;
-    client.ws().read(buffer, ec);
-    CHECK(ec == websocket::error::closed);
+    int code = 0;
+    CHECK_FALSE(read_or_closed(client, code).has_value());
+    CHECK(code == websocket::close_code::going_away);
   }
   CHECK(server.stop() == 0);
 
@@ -242,5 +261,119 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
   // itself is re-tokenized from its text, so its tokens may differ from the ones generated).
   CHECK(restored > 0);
   CHECK(recomputed < 64);
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("a client closed for not reading resumes and gets every missed event exactly once, in seq order, "
+          "then response.done") {
+  // Live output waiting behind the write in flight is capped at 256 KiB; the replay window holds it all.
+  Fixture f("unread",
+            {{"max_write_queue_bytes", 262144}, {"replay_max_bytes", 64 << 20}, {"replay_max_events", 16384}});
+  ServerProcess server;
+  server.start(f.args());
+  std::string id;
+  std::string text_before;
+  uint64_t last_seq = 0;
+  int updates_before = 0;
+  const int kUpdates = 48;
+  {
+    Client slow(server.port(), kAlphaKey, /*receive_buffer_bytes=*/4096);
+    id = create_session(slow, 1500);
+    slow.send(user_message("Tell me everything"));
+    slow.read_until("conversation.item.created");
+    slow.send(json{{"type", "response.create"}});
+    last_seq = slow.read_until("response.created")["seq"];
+    // It stops reading while its output grows past what the kernel buffers hold: the response's deltas and
+    // 48 session.updated events of 100 KB each (the session's instructions).
+    for (int i = 0; i < kUpdates; ++i)
+      slow.send(json{{"type", "session.update"},
+                     {"session", {{"instructions", std::to_string(i) + std::string(100000, 'x')}}}});
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    int code = 0;
+    while (auto event = read_or_closed(slow, code)) {
+      if ((*event)["type"] == "error" || (*event)["type"] == "pong") continue;
+      CHECK((*event)["seq"] == last_seq + 1);  // what did arrive is in order, without gaps
+      last_seq = (*event)["seq"];
+      if ((*event)["type"] == "response.output_text.delta")
+        text_before += (*event)["delta"].get<std::string>();
+      if ((*event)["type"] == "session.updated") ++updates_before;
+    }
+    CHECK(code == websocket::close_code::policy_error);
+  }
+  MESSAGE("closed for not reading after seq " << last_seq << " (" << updates_before << " updates read)");
+  CHECK(updates_before < kUpdates);
+
+  Client again(server.port(), kAlphaKey);
+  again.set_last_seq(id, last_seq);
+  again.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", last_seq}});
+  std::vector<json> events;
+  const json done = again.read_until("response.done", &events);
+  uint64_t expect = last_seq + 1;
+  std::string text_after;
+  std::string text_done;
+  int updates_after = 0;
+  bool resumed = false;
+  for (const json& e : events) {
+    CHECK(e["seq"] == expect);  // no gap, no duplicate
+    expect = e["seq"].get<uint64_t>() + 1;
+    if (e["type"] == "response.output_text.delta") text_after += e["delta"].get<std::string>();
+    if (e["type"] == "response.output_text.done") text_done = e["text"];
+    if (e["type"] == "session.updated") ++updates_after;
+    if (e["type"] == "session.resumed") {
+      resumed = true;
+      CHECK(e["replay_complete"] == true);
+    }
+  }
+  CHECK(done["seq"] == expect);
+  // Updates the server had not read when it closed the connection are not applied; those it applied and did
+  // not get to write before the close come back with the replay.
+  CHECK(updates_after > 0);
+  CHECK(updates_before + updates_after <= kUpdates);
+  CHECK(text_before + text_after == text_done);
+  // The response ran on while its client was away: it ended by itself, not cancelled.
+  const std::string status = done["response"]["status"];
+  CHECK((status == "completed" || status == "incomplete"));
+  if (!resumed) CHECK(again.read_until("session.resumed")["replay_complete"] == true);
+  // The server serves on: the resumed connection runs another turn.
+  CHECK(turn(again, "and now?")["response"]["status"] != "failed");
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("SIGTERM with a grace period shorter than the response cancels it (reason server_shutdown), closes "
+          "with 1001, exits 0, and the session resumes after a restart") {
+  Fixture f("grace");
+  ServerProcess server;
+  server.start(f.args({"--shutdown-grace-seconds", "1"}));
+  std::string id;
+  {
+    Client client(server.port(), kAlphaKey);
+    id = create_session(client, 8);
+    turn(client, "first turn");
+    client.send(user_message("Count to ten thousand"));
+    client.read_until("conversation.item.created");
+    client.send(json{{"type", "response.create"}, {"response", {{"sampling", {{"max_tokens", 4000}}}}}});
+    client.read_until("response.created");
+    client.read_until("response.output_text.delta");
+    const auto signalled = std::chrono::steady_clock::now();
+    ::kill(server.pid(), SIGTERM);
+    const json done = client.read_until("response.done");
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+    MESSAGE("response.done " << waited << " s after SIGTERM");
+    CHECK(done["response"]["status"] == "cancelled");
+    CHECK(done["response"]["status_details"]["reason"] == "server_shutdown");
+    CHECK(waited >= 0.9);  // it ran on through the grace period
+    int code = 0;
+    CHECK_FALSE(read_or_closed(client, code).has_value());
+    CHECK(code == websocket::close_code::going_away);
+  }
+  CHECK(server.stop() == 0);
+
+  server.start(f.args());
+  Client client(server.port(), kAlphaKey);
+  client.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", 0}});
+  const json resumed = client.read_until("session.resumed");
+  CHECK(resumed["turns"] == 1);
+  CHECK(resumed["session"]["id"] == id);
+  CHECK(turn(client, "after the restart")["response"]["status"] != "failed");
   CHECK(server.stop() == 0);
 }
