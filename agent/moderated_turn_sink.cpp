@@ -3,9 +3,8 @@
 #include <utility>
 
 namespace agentserve::agent {
-namespace {
 
-ModerationBlock block_from(ModerationKind kind, const ModerationVerdict& verdict, std::string action) {
+ModerationBlock moderation_block(ModerationKind kind, const ModerationVerdict& verdict, std::string action) {
   ModerationBlock block;
   block.kind = kind;
   block.categories = verdict.categories;
@@ -15,8 +14,8 @@ ModerationBlock block_from(ModerationKind kind, const ModerationVerdict& verdict
   return block;
 }
 
-// The reason the driver sees in the outcome (and the loop in a denied approval).
-Status blocked_status(const ModerationBlock& block) {
+// Also what the loop sees in a denied approval.
+Status moderation_block_status(const ModerationBlock& block) {
   std::string message = "blocked by moderation (" + std::string(moderation_kind_name(block.kind));
   if (block.failure != ModerationFailure::kNone) {
     message += ": check failed, " + std::string(moderation_failure_name(block.failure));
@@ -28,8 +27,6 @@ Status blocked_status(const ModerationBlock& block) {
   }
   return Status::failed_precondition(message + ")");
 }
-
-}  // namespace
 
 KindChecker moderation_checker(ModerationClient& client, ModerationRequest base, bool fail_open) {
   return [&client, base = std::move(base), fail_open](ModerationKind kind, std::string text,
@@ -76,8 +73,8 @@ ToolApproval ModeratedTurnSink::approval_hook(ToolApproval next) {
                   if (next) return next(call, decide);
                   return decide(Status::ok_status());
                 }
-                ModerationBlock block = block_from(ModerationKind::kToolArguments, verdict, "blocked");
-                const Status denial = blocked_status(block);
+                ModerationBlock block = moderation_block(ModerationKind::kToolArguments, verdict, "blocked");
+                const Status denial = moderation_block_status(block);
                 if (auto self = weak.lock(); self && !self->denied_call_)
                   self->denied_call_ = std::move(block);
                 decide(denial);
@@ -98,7 +95,7 @@ ToolRunner ModeratedTurnSink::tool_runner_hook(ToolRunner inner) {
               [weak, post, done, result](ModerationVerdict verdict) {
                 if (verdict.allowed) return done(result);
                 post([weak, done, verdict] {
-                  ModerationBlock block = block_from(ModerationKind::kToolResult, verdict, "withheld");
+                  ModerationBlock block = moderation_block(ModerationKind::kToolResult, verdict, "withheld");
                   if (auto self = weak.lock();
                       self && !self->blocked_ && !self->done_forwarded_ && self->on_blocked_)
                     self->on_blocked_(block);
@@ -167,7 +164,7 @@ void ModeratedTurnSink::on_tool_call_error(const Status& error, std::string_view
                auto self = weak.lock();
                if (!self) return;
                if (!verdict.allowed)
-                 return self->block(block_from(ModerationKind::kToolArguments, verdict, "blocked"));
+                 return self->block(moderation_block(ModerationKind::kToolArguments, verdict, "blocked"));
                if (Segment* segment = self->find(id)) {
                  segment->complete = true;
                  self->pump();
@@ -213,7 +210,7 @@ void ModeratedTurnSink::push_delta(ModerationKind kind, std::string_view delta) 
       }
     };
     callbacks.on_blocked = [this, kind](const ModerationVerdict& verdict) {
-      block(block_from(kind, verdict, "blocked"));
+      block(moderation_block(kind, verdict, "blocked"));
     };
     callbacks.on_finished = [this, id] {
       if (Segment* s = find(id)) {
@@ -301,7 +298,7 @@ void ModeratedTurnSink::forward_blocked_done(TurnOutcome outcome) {
   if (done_forwarded_) return;
   done_forwarded_ = true;
   outcome.status = TurnStatus::kBlocked;
-  outcome.error = blocked_status(*blocked_);
+  outcome.error = moderation_block_status(*blocked_);
   // The ids hold the blocked text; the next response renders the conversation afresh instead.
   outcome.token_ids.clear();
   if (on_blocked_) on_blocked_(*blocked_);

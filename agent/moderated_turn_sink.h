@@ -63,6 +63,11 @@ struct ModerationBlock {
   std::string action;
 };
 
+// The block a verdict that was not allowed makes (drivers that check text themselves, e.g. user input).
+ModerationBlock moderation_block(ModerationKind kind, const ModerationVerdict& verdict, std::string action);
+// The error a blocked outcome carries: "blocked by moderation (<kind>: <categories or failure>)".
+Status moderation_block_status(const ModerationBlock& block);
+
 class ModeratedTurnSink final : public TurnSink, public std::enable_shared_from_this<ModeratedTurnSink> {
  public:
   using BlockedCallback = std::function<void(const ModerationBlock&)>;

@@ -1,5 +1,7 @@
 #include "server/agent_response.h"
 
+#include <random>
+
 #include <spdlog/spdlog.h>
 
 #include "agent/chat_template.h"
@@ -7,6 +9,7 @@
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "server/server_moderation.h"
+#include "tools/json_schema_validator.h"
 #include "tools/tool_registry.h"
 
 namespace agentserve::server {
@@ -25,6 +28,47 @@ int64_t to_unix_ms(std::chrono::steady_clock::time_point when) {
 
 std::string arguments_text(const agent::Json& arguments) {
   return agent::python_json_dumps(arguments);
+}
+
+// For an open call whose id was never recorded (a transcript written before ids were kept).
+std::string fresh_call_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "call_";
+  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
+  return id;
+}
+
+// A server tool's declaration with its own `parameters` narrows the registered schema for this session.
+Status narrow_server_tool(const json& declaration, tools::ToolSpec& spec) {
+  const json& body = declaration.contains("function") ? declaration["function"] : declaration;
+  const auto parameters = body.find("parameters");
+  if (parameters == body.end() || parameters->is_null()) return Status::ok_status();
+  if (!parameters->is_object())
+    return Status::invalid_argument("tool " + spec.name + ": \"parameters\" must be a JSON Schema object");
+  spec.parameters = *parameters;
+  return Status::ok_status();
+}
+
+// The calls of the session's last step when it is an assistant message that no tool result follows.
+std::vector<agent::TurnToolCall> open_step_calls(const std::vector<ConversationMessage>& messages,
+                                                 const std::vector<tools::ToolSpec>& tools) {
+  std::vector<agent::TurnToolCall> calls;
+  if (messages.empty() || messages.back().role != "assistant") return calls;
+  for (const auto& entry : messages.back().tool_calls) {
+    agent::TurnToolCall call;
+    call.call_id =
+        entry.contains("id") && entry["id"].is_string() ? entry["id"].get<std::string>() : fresh_call_id();
+    call.name = entry.value("name", "");
+    call.arguments = entry.contains("arguments") && entry["arguments"].is_object() ? entry["arguments"]
+                                                                                   : agent::Json::object();
+    // A tool the session no longer declares is answered like a server call: with an error result.
+    call.execution = tools::ToolExecution::kServer;
+    for (const tools::ToolSpec& spec : tools)
+      if (spec.name == call.name) call.execution = spec.execution;
+    calls.push_back(std::move(call));
+  }
+  return calls;
 }
 
 ConversationMessage to_conversation(const agent::Message& message) {
@@ -47,6 +91,8 @@ Result<std::vector<tools::ToolSpec>> session_tools(const ServerContext& context,
   AS_RETURN_IF_ERROR(context.tools->with_declared_tools(config.tools).status());
   for (const json& declaration : config.tools) {
     AS_ASSIGN_OR_RETURN(tools::ToolSpec spec, context.tools->parse_declaration(declaration));
+    if (spec.execution == tools::ToolExecution::kServer)
+      AS_RETURN_IF_ERROR(narrow_server_tool(declaration, spec));
     specs.push_back(std::move(spec));
   }
   return specs;
@@ -139,26 +185,40 @@ Result<std::shared_ptr<AgentResponse>> AgentResponse::create(ServerContext& cont
   options.cache_salt = s.tenant.cache_salt;
   options.context = {s.tenant.name, s.config.agent_id.empty() ? s.id : s.config.agent_id, s.id, ""};
   if (context.tools != nullptr) {
+    // `spec` may hold the session's narrowed schema; running by name checks the registered one as well.
     options.run_tool = [registry = context.tools](const tools::ToolSpec& spec, const agent::Json& arguments,
                                                   const tools::ToolContext& tool_context,
                                                   tools::ToolDone done) {
-      registry->execute(spec, json(arguments), tool_context, std::move(done));
+      json args(arguments);
+      if (Status valid = tools::validate_json(spec.parameters, args); !valid.ok())
+        return done(
+            tools::ToolResult::error(StatusCode::kInvalidArgument,
+                                     "invalid arguments for tool " + spec.name + ": " + valid.message()));
+      registry->execute(spec.name, std::move(args), tool_context, std::move(done));
     };
   }
   options.constraint_factory = context.tool_call_constraint;
 
   auto response =
       std::make_shared<AgentResponse>(context, session, std::move(response_id), post, std::move(schedule));
-  agent::TurnSink* sink = response.get();
+  for (agent::TurnToolCall& call : open_step_calls(s.messages, options.tools))
+    response->open_calls_.push_back({std::move(call), std::nullopt});
+  // The forced first call belonged to the step that made these calls; the loop now continues from them.
+  if (!response->open_calls_.empty()) options.tool_choice = {};
   AS_RETURN_IF_ERROR(response->moderate(options));
-  if (response->moderated_) sink = response->moderated_.get();
-  response->loop_ = agent::TurnLoop::create(response->generator_, *sink, std::move(post), std::move(options),
-                                            agent_messages(s.config, s.messages), s.tokens);
-  if (response->moderated_)
-    response->moderated_->set_cancel([weak = std::weak_ptr<agent::TurnLoop>(response->loop_)] {
+  response->options_ = std::move(options);
+  if (response->open_calls_.empty()) response->make_loop(agent_messages(s.config, s.messages), s.tokens);
+  return response;
+}
+
+void AgentResponse::make_loop(std::vector<agent::Message> messages, std::vector<int32_t> previous_ids) {
+  loop_ = agent::TurnLoop::create(generator_, loop_sink(), post_, std::move(*options_), std::move(messages),
+                                  std::move(previous_ids));
+  options_.reset();
+  if (moderated_)
+    moderated_->set_cancel([weak = std::weak_ptr<agent::TurnLoop>(loop_)] {
       if (auto loop = weak.lock()) loop->cancel();
     });
-  return response;
 }
 
 // The one place a response meets moderation: with it configured, the loop talks to the moderated sink, which
@@ -178,23 +238,190 @@ void AgentResponse::on_blocked(const agent::ModerationBlock& block) {
   emit({{"type", "moderation.blocked"},
         {"response_id", response_id_},
         {"kind", agent::moderation_kind_name(block.kind)},
+        {"reason", moderation_block_reason(block)},
         {"categories", block.categories},
         {"action", block.action},
         {"detail", block.detail}});
 }
 
 Status AgentResponse::start() {
+  if (context_.moderation != nullptr && context_.moderation->checks_input()) {
+    // The user items added since the last committed step: what this response answers.
+    std::vector<size_t> checked;
+    std::string text;
+    {
+      std::lock_guard lock(session_->mutex);
+      for (size_t i = session_->committed_messages; i < session_->messages.size(); ++i) {
+        if (session_->messages[i].role != "user") continue;
+        if (!text.empty()) text += "\n\n";
+        text += session_->messages[i].content;
+        checked.push_back(i);
+      }
+    }
+    if (!checked.empty()) {
+      phase_ = Phase::kCheckingInput;
+      ModerationScope scope{&session_->tenant, session_->id, response_id_};
+      context_.moderation->check(
+          scope, agent::ModerationKind::kInput, std::move(text), post_,
+          [self = shared_from_this(), checked](const agent::ModerationVerdict& verdict) {
+            if (self->phase_ != Phase::kCheckingInput) return;  // cancelled meanwhile
+            if (!verdict.allowed) return self->block_input(verdict, checked);
+            if (Status begun = self->begin(); !begun.ok())
+              self->finish_without_loop(agent::TurnStatus::kFailed, begun);
+          });
+      return Status::ok_status();
+    }
+  }
+  return begin();
+}
+
+Status AgentResponse::begin() {
+  if (!open_calls_.empty()) {
+    phase_ = Phase::kAnsweringOpenCalls;
+    announce_open_calls();
+    return Status::ok_status();
+  }
+  phase_ = Phase::kLooping;
   return loop_->start();
+}
+
+void AgentResponse::block_input(const agent::ModerationVerdict& verdict, const std::vector<size_t>& checked) {
+  const agent::ModerationBlock block =
+      agent::moderation_block(agent::ModerationKind::kInput, verdict, "blocked");
+  on_blocked(block);
+  context_.moderation->count_blocked();
+  {
+    // The model never sees the refused items: they leave the session (none of them was committed).
+    std::lock_guard lock(session_->mutex);
+    for (auto it = checked.rbegin(); it != checked.rend(); ++it)
+      if (*it >= session_->committed_messages && *it < session_->messages.size())
+        session_->messages.erase(session_->messages.begin() + static_cast<std::ptrdiff_t>(*it));
+  }
+  finish_without_loop(agent::TurnStatus::kBlocked, agent::moderation_block_status(block));
+}
+
+void AgentResponse::finish_without_loop(agent::TurnStatus status, Status error) {
+  phase_ = Phase::kDone;
+  agent::TurnOutcome outcome;
+  outcome.status = status;
+  outcome.error = std::move(error);
+  on_done(outcome);
+}
+
+void AgentResponse::announce_open_calls() {
+  std::vector<std::string> client_ids;
+  for (size_t i = 0; i < open_calls_.size(); ++i) {
+    const agent::TurnToolCall& call = open_calls_[i].call;
+    if (call.execution == tools::ToolExecution::kClient) {
+      on_tool_call(call);
+      client_ids.push_back(call.call_id);
+      continue;
+    }
+    // Whether it ran before the interruption is unknown, so it is not run again.
+    open_calls_[i].result = tools::ToolResult::error(
+        StatusCode::kCancelled,
+        "the call of \"" + call.name + "\" was interrupted before it returned a result");
+    on_tool_completed(call, *open_calls_[i].result);
+  }
+  if (client_ids.empty()) return answer_open_calls();
+  const auto timeout = options_ ? options_->client_tool_timeout : std::chrono::milliseconds(60000);
+  on_requires_action(client_ids, std::chrono::steady_clock::now() + timeout);
+}
+
+void AgentResponse::resolve_open_call(size_t index, tools::ToolResult result) {
+  open_calls_[index].result = std::move(result);
+  on_tool_completed(open_calls_[index].call, *open_calls_[index].result);
+  for (const OpenCall& open : open_calls_)
+    if (!open.result) return;
+  answer_open_calls();
+}
+
+void AgentResponse::expire_open_calls() {
+  for (size_t i = 0; phase_ == Phase::kAnsweringOpenCalls && i < open_calls_.size(); ++i)
+    if (!open_calls_[i].result)
+      resolve_open_call(i, tools::ToolResult::error(StatusCode::kDeadlineExceeded,
+                                                    "the client did not return the output of \"" +
+                                                        open_calls_[i].call.name + "\" before its deadline"));
+}
+
+void AgentResponse::answer_open_calls() {
+  if (phase_ != Phase::kAnsweringOpenCalls) return;
+  phase_ = Phase::kLooping;
+  ++deadline_epoch_;
+  std::vector<agent::Message> messages;
+  std::vector<int32_t> tokens;
+  {
+    // The results are committed like the loop's own (same form), so a restart from here resumes after them.
+    std::lock_guard lock(session_->mutex);
+    for (const OpenCall& open : open_calls_)
+      session_->messages.push_back(
+          {"tool", open.result->is_error ? "Error: " + open.result->output : open.result->output});
+    if (!session_->deleted) commit_locked(0, session_->tokens);
+    messages = agent_messages(session_->config, session_->messages);
+    tokens = session_->tokens;
+  }
+  open_calls_.clear();
+  make_loop(std::move(messages), std::move(tokens));
+  if (Status started = loop_->start(); !started.ok())
+    finish_without_loop(agent::TurnStatus::kFailed, started);
 }
 
 void AgentResponse::submit_tool_output(FunctionCallOutput output, std::function<void(Status)> on_result) {
   post_([self = shared_from_this(), output = std::move(output), on_result = std::move(on_result)]() mutable {
-    on_result(self->loop_->submit_tool_output(output.call_id, std::move(output.output), output.is_error));
+    if (!self->awaited_ids_.contains(output.call_id))
+      return on_result(
+          Status::not_found("no client tool call \"" + output.call_id + "\" is waiting for output"));
+    ServerModeration* moderation = self->context_.moderation;
+    if (moderation == nullptr || !moderation->checks_tool_results())
+      return on_result(self->deliver_tool_output(std::move(output)));
+    ModerationScope scope{&self->session_->tenant, self->session_->id, self->response_id_};
+    std::string text = output.output;
+    moderation->check(scope, agent::ModerationKind::kToolResult, std::move(text), self->post_,
+                      [self, output = std::move(output),
+                       on_result = std::move(on_result)](const agent::ModerationVerdict& verdict) mutable {
+                        if (!verdict.allowed) {
+                          // As for a server tool's result: the model learns a result was withheld, never what
+                          // it said.
+                          self->on_blocked(agent::moderation_block(agent::ModerationKind::kToolResult,
+                                                                   verdict, "withheld"));
+                          output.output = "the tool's output was withheld by moderation";
+                          output.is_error = true;
+                        }
+                        on_result(self->deliver_tool_output(std::move(output)));
+                      });
   });
 }
 
+Status AgentResponse::deliver_tool_output(FunctionCallOutput output) {
+  if (phase_ == Phase::kLooping)
+    return loop_->submit_tool_output(output.call_id, std::move(output.output), output.is_error);
+  for (size_t i = 0; phase_ == Phase::kAnsweringOpenCalls && i < open_calls_.size(); ++i) {
+    const OpenCall& open = open_calls_[i];
+    if (open.call.call_id != output.call_id || open.call.execution != tools::ToolExecution::kClient ||
+        open.result)
+      continue;
+    tools::ToolResult result;
+    result.output = std::move(output.output);
+    result.is_error = output.is_error;
+    resolve_open_call(i, std::move(result));
+    return Status::ok_status();
+  }
+  return Status::not_found("no client tool call \"" + output.call_id + "\" is waiting for output");
+}
+
 void AgentResponse::cancel() {
-  post_([self = shared_from_this()] { self->loop_->cancel(); });
+  post_([self = shared_from_this()] {
+    switch (self->phase_) {
+      case Phase::kLooping:
+        return self->loop_->cancel();
+      case Phase::kCheckingInput:
+      case Phase::kAnsweringOpenCalls:
+        return self->finish_without_loop(agent::TurnStatus::kCancelled);
+      case Phase::kCreated:
+      case Phase::kDone:
+        return;
+    }
+  });
 }
 
 void AgentResponse::emit(json event) {
@@ -212,6 +439,25 @@ void AgentResponse::on_reasoning_delta(std::string_view delta) {
 }
 
 void AgentResponse::on_tool_call(const agent::TurnToolCall& call) {
+  if (pending_calls_message_) {
+    // The step's message gets the call's id, so an open call keeps its id across a restart; the step is
+    // committed once every call has one.
+    std::lock_guard lock(session_->mutex);
+    const size_t index = *pending_calls_message_;
+    if (!session_->deleted && index < session_->messages.size()) {
+      bool all = true;
+      bool attached = false;
+      for (auto& entry : session_->messages[index].tool_calls) {
+        if (!attached && !entry.contains("id") && entry.value("name", "") == call.name &&
+            entry.contains("arguments") && entry["arguments"] == call.arguments) {
+          entry["id"] = call.call_id;
+          attached = true;
+        }
+        all = all && entry.contains("id");
+      }
+      if (all) flush_pending_calls_locked();
+    }
+  }
   // Server calls are shown through tool.execution.started; only the client's own calls go out here.
   if (call.execution != tools::ToolExecution::kClient) return;
   emit(function_call_arguments_done_event(response_id_, call.call_id, call.name,
@@ -220,18 +466,24 @@ void AgentResponse::on_tool_call(const agent::TurnToolCall& call) {
 
 void AgentResponse::on_requires_action(std::span<const std::string> call_ids,
                                        std::chrono::steady_clock::time_point deadline) {
+  awaited_ids_.insert(call_ids.begin(), call_ids.end());
   {
     std::lock_guard lock(session_->mutex);
     if (!session_->deleted) {
+      // Durable before the client hears of the calls: a restart from here still knows them.
+      flush_pending_calls_locked();
       context_.sessions->emit(
           *session_,
           requires_action_event(response_id_, {call_ids.begin(), call_ids.end()}, to_unix_ms(deadline)));
-      pin_while_idle(*session_, generator_.tokens());
+      pin_while_idle(*session_,
+                     phase_ == Phase::kAnsweringOpenCalls ? session_->tokens : generator_.tokens());
     }
   }
   const uint64_t epoch = ++deadline_epoch_;
   schedule_(deadline, [self = shared_from_this(), epoch] {
-    if (self->deadline_epoch_ == epoch) self->loop_->expire_tool_calls();
+    if (self->deadline_epoch_ != epoch) return;
+    if (self->phase_ == Phase::kAnsweringOpenCalls) return self->expire_open_calls();
+    if (self->phase_ == Phase::kLooping) self->loop_->expire_tool_calls();
   });
 }
 
@@ -240,6 +492,7 @@ void AgentResponse::on_tool_started(const agent::TurnToolCall& call) {
 }
 
 void AgentResponse::on_tool_completed(const agent::TurnToolCall& call, const tools::ToolResult& result) {
+  awaited_ids_.erase(call.call_id);
   emit(tool_execution_completed_event(response_id_, call.call_id, call.name, result.output, result.is_error,
                                       result.is_error ? status_code_name(result.code) : ""));
 }
@@ -254,10 +507,28 @@ void AgentResponse::on_tool_call_error(const Status& error, std::string_view raw
 void AgentResponse::on_step_committed(const agent::StepCommit& commit) {
   std::lock_guard lock(session_->mutex);
   if (session_->deleted) return;
+  flush_pending_calls_locked();
   for (const agent::Message& message : commit.messages)
     session_->messages.push_back(to_conversation(message));
-  if (Status committed = context_.sessions->commit_turn(*session_, generator_.tokens()); !committed.ok()) {
-    spdlog::error("session {}: committing step {} of {}: {}", session_->id, commit.step, response_id_,
+  if (!commit.messages.empty() && session_->messages.back().role == "assistant" &&
+      !session_->messages.back().tool_calls.empty()) {
+    // Held until on_tool_call has attached every call's id (right after this, before any call runs).
+    pending_calls_message_ = session_->messages.size() - 1;
+    pending_calls_step_ = commit.step;
+    return;
+  }
+  commit_locked(commit.step, generator_.tokens());
+}
+
+void AgentResponse::flush_pending_calls_locked() {
+  if (!pending_calls_message_) return;
+  pending_calls_message_.reset();
+  commit_locked(pending_calls_step_, generator_.tokens());
+}
+
+void AgentResponse::commit_locked(int step, std::vector<int32_t> tokens) {
+  if (Status committed = context_.sessions->commit_turn(*session_, std::move(tokens)); !committed.ok()) {
+    spdlog::error("session {}: committing step {} of {}: {}", session_->id, step, response_id_,
                   committed.to_string());
     context_.sessions->emit(*session_, error_event(error_from_status(committed, "persist_failed")));
   } else {
@@ -268,6 +539,8 @@ void AgentResponse::on_step_committed(const agent::StepCommit& commit) {
 
 void AgentResponse::on_done(const agent::TurnOutcome& outcome) {
   ++deadline_epoch_;
+  phase_ = Phase::kDone;
+  awaited_ids_.clear();
   const std::string_view status = agent::turn_status_name(outcome.status);
   std::optional<ProtocolError> error;
   if (outcome.status != agent::TurnStatus::kCompleted && outcome.status != agent::TurnStatus::kCancelled) {
@@ -293,6 +566,7 @@ void AgentResponse::on_done(const agent::TurnOutcome& outcome) {
     session_->running.reset();
   }
   if (session_->deleted) return;
+  flush_pending_calls_locked();
   if (!outcome.token_ids.empty()) session_->tokens = outcome.token_ids;
   if (Status saved = context_.sessions->save_metadata(*session_); !saved.ok())
     spdlog::warn("session {}: saving metadata: {}", session_->id, saved.to_string());

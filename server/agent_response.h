@@ -6,6 +6,17 @@
 // client (a tool result, the next message) the session's tokens are pinned in the engine for the config's
 // idle pin window.
 //
+// Input: with check_input, the session's new user items are checked (kind input) before the loop starts;
+// flagged (or failed under fail-closed), they are removed from the session unseen by the model and the
+// response ends blocked. With check_tool_results, a client tool's output is checked (kind tool_result)
+// before the loop gets it; flagged, the model gets an error result saying it was withheld.
+//
+// Open calls: a step's assistant message is committed with its calls' ids. When a response starts on a
+// session whose last message is such a step with no results (the server restarted, or the response was
+// cancelled, while it waited for the client), it first announces those calls again with the same ids and
+// waits for their outputs (a server call of that step gets an error result: it may or may not have run),
+// then commits them and runs the loop from there.
+//
 // Threading: the loop and every sink call run on one executor (the strand of the connection that started
 // the response); the session's state is touched under Session::mutex, which is never held while the loop
 // runs. It never blocks that executor, and never writes to a socket itself (events go through the
@@ -17,6 +28,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,7 +51,9 @@ namespace agentserve::server {
 using Scheduler = std::function<void(std::chrono::steady_clock::time_point when, std::function<void()> fn)>;
 
 // The session's tool set, checked against the server's registry: declarations (flat or nested form, server
-// ones registered), and tool_choice naming one of them. `param` names the field in errors.
+// ones registered), and tool_choice naming one of them. A server tool's declaration may carry `parameters`:
+// a narrower schema the model is shown and constrained to (e.g. a fixed memory key); the arguments must
+// still pass the registered schema before the tool runs, so narrowing never widens what the tool accepts.
 Result<std::vector<tools::ToolSpec>> session_tools(const ServerContext& context, const SessionConfig& config);
 Result<agent::ToolChoice> session_tool_choice(const SessionConfig& config,
                                               const std::vector<tools::ToolSpec>& tools);
@@ -103,7 +118,30 @@ class AgentResponse final : public agent::TurnSink, public std::enable_shared_fr
     std::shared_ptr<Recorded> recorded_ = std::make_shared<Recorded>();
   };
 
+  enum class Phase { kCreated, kCheckingInput, kAnsweringOpenCalls, kLooping, kDone };
+  // A call of an earlier step that has no result yet (see "Open calls" above).
+  struct OpenCall {
+    agent::TurnToolCall call;
+    std::optional<tools::ToolResult> result;
+  };
+
   Status moderate(agent::TurnLoopOptions& options);
+  void make_loop(std::vector<agent::Message> messages, std::vector<int32_t> previous_ids);
+  agent::TurnSink& loop_sink() { return moderated_ ? static_cast<agent::TurnSink&>(*moderated_) : *this; }
+  // After the input check: answers open calls first, else starts the loop.
+  Status begin();
+  void block_input(const agent::ModerationVerdict& verdict, const std::vector<size_t>& checked);
+  // Ends a response whose loop never ran (input blocked, cancelled or failed before it).
+  void finish_without_loop(agent::TurnStatus status, Status error = {});
+  Status deliver_tool_output(FunctionCallOutput output);
+  void announce_open_calls();
+  void resolve_open_call(size_t index, tools::ToolResult result);
+  void expire_open_calls();
+  void answer_open_calls();
+  // Persists the session's uncommitted messages with `tokens`; caller holds the lock.
+  void commit_locked(int step, std::vector<int32_t> tokens);
+  // Commits an assistant step held back until its calls' ids were attached; caller holds the lock.
+  void flush_pending_calls_locked();
   void on_blocked(const agent::ModerationBlock& block);
   // Pins the session's current tokens for the idle window (waiting for a client); caller holds the lock.
   void pin_while_idle(Session& session, std::vector<int32_t> tokens);
@@ -117,6 +155,13 @@ class AgentResponse final : public agent::TurnSink, public std::enable_shared_fr
   RecordingGenerator generator_;
   std::shared_ptr<agent::ModeratedTurnSink> moderated_;  // in front of this sink when moderation is on
   std::shared_ptr<agent::TurnLoop> loop_;
+  std::optional<agent::TurnLoopOptions> options_;  // until the loop is made
+  Phase phase_ = Phase::kCreated;
+  std::vector<OpenCall> open_calls_;
+  std::set<std::string> awaited_ids_;  // client calls announced and not completed
+  // Index in session.messages of the assistant step whose calls still get their ids, and that step.
+  std::optional<size_t> pending_calls_message_;
+  int pending_calls_step_ = 0;
   std::string text_;
   uint64_t deadline_epoch_ = 0;  // a requires_action timer only expires the wait it was started for
 };

@@ -80,4 +80,9 @@ std::string moderation_block_reason(const agent::ModerationVerdict& verdict) {
   return std::string(agent::moderation_failure_name(verdict.failure));
 }
 
+std::string moderation_block_reason(const agent::ModerationBlock& block) {
+  if (block.failure == agent::ModerationFailure::kNone) return "flagged";
+  return std::string(agent::moderation_failure_name(block.failure));
+}
+
 }  // namespace agentserve::server

@@ -93,5 +93,6 @@ class ServerModeration {
 
 // Why a verdict blocks, as clients and metrics see it: "flagged", or the failure's name ("timeout", ...).
 std::string moderation_block_reason(const agent::ModerationVerdict& verdict);
+std::string moderation_block_reason(const agent::ModerationBlock& block);
 
 }  // namespace agentserve::server

@@ -387,5 +387,28 @@ TEST_CASE("an unreachable webhook blocks under fail-closed and passes under fail
   }
 }
 
+TEST_CASE("a block built from a verdict keeps what the driver reports, and its status names the cause") {
+  ModerationVerdict flagged;
+  flagged.flagged = true;
+  flagged.categories = {"hate", "violence"};
+  const ModerationBlock by_webhook = moderation_block(ModerationKind::kInput, flagged, "blocked");
+  CHECK(by_webhook.kind == ModerationKind::kInput);
+  CHECK(by_webhook.categories == flagged.categories);
+  CHECK(by_webhook.failure == ModerationFailure::kNone);
+  CHECK(by_webhook.action == "blocked");
+  CHECK(moderation_block_status(by_webhook).message() == "blocked by moderation (input: hate, violence)");
+
+  ModerationVerdict failed;
+  failed.failure = ModerationFailure::kTimeout;
+  failed.failure_detail = "no answer within 300 ms";
+  const ModerationBlock by_failure = moderation_block(ModerationKind::kToolResult, failed, "withheld");
+  CHECK(by_failure.failure == ModerationFailure::kTimeout);
+  CHECK(by_failure.detail == failed.failure_detail);
+  CHECK(by_failure.categories.empty());
+  CHECK(moderation_block_status(by_failure).message() ==
+        "blocked by moderation (tool_result: check failed, timeout - no answer within 300 ms)");
+  CHECK(moderation_block_status(by_failure).code() == StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace agentserve::agent

@@ -387,6 +387,14 @@ TEST_CASE("webhook failures block with their reason under fail-closed and pass u
     const Stream l = parse_stream(lenient.body);
     CHECK(l.error.is_null());
     CHECK(l.content == b.content);
+    // The WebSocket's moderation.blocked names the same reason.
+    const std::vector<std::string> frames = ws_response(server.port, kStrictKey, "Say hello.");
+    const json blocked = ws_event(frames, "moderation.blocked");
+    REQUIRE(blocked.is_object());
+    CHECK(blocked["reason"] == mode.reason);
+    CHECK(blocked["categories"] == json::array());
+    CHECK(ws_event(frames, "response.done")["response"]["status"] == "blocked");
+    CHECK(ws_deltas(frames).empty());
     CHECK(metric(server.port,
                  std::string("agentserve_moderation_failures_total{reason=\"") + mode.reason + "\"}") >= 2);
     CHECK(metric(server.port,
@@ -423,6 +431,7 @@ TEST_CASE("WebSocket: a flagged window blocks the response and no frame carries 
   const json blocked = ws_event(frames, "moderation.blocked");
   REQUIRE(blocked.is_object());
   CHECK(blocked["categories"] == json::array({"violence"}));
+  CHECK(blocked["reason"] == "flagged");
   CHECK(ws_event(frames, "response.done")["response"]["status"] == "blocked");
   CHECK(metric(server.port, R"(agentserve_moderation_checks_total{kind="output_text",verdict="flagged"})") >=
         1);

@@ -2,7 +2,9 @@
 // temporary data dir and loopback. tool_choice required / named constrain the first step's decoding, so
 // even random weights produce calls whose arguments parse and validate: a client tool's call goes out, its
 // output comes back and the loop goes on; a server tool (memory_write, memory_read) runs in the server and
-// its notes outlive the session and a restart; a client tool whose deadline passes becomes an error result.
+// its notes outlive the session and a kill -9 (the session narrows the tools' key to one value, so the
+// random model writes and reads the same note); a client tool whose deadline passes becomes an error result;
+// a loop killed while it waits for a client tool continues after the restart.
 #include <doctest/doctest.h>
 
 #include <string>
@@ -49,6 +51,20 @@ json weather_tool() {
 
 json server_tool(const std::string& name) {
   return {{"type", "function"}, {"name", name}, {"execution", "server"}};
+}
+
+// A server tool declared with a narrower schema than the registered one (see session_tools).
+json narrowed_tool(const std::string& name, const json& properties) {
+  json required = json::array();
+  for (const auto& [key, value] : properties.items()) required.push_back(key);
+  return {{"type", "function"},
+          {"name", name},
+          {"execution", "server"},
+          {"parameters",
+           {{"type", "object"},
+            {"properties", properties},
+            {"required", required},
+            {"additionalProperties", false}}}};
 }
 
 json named(const std::string& name) {
@@ -141,22 +157,24 @@ TEST_CASE("a client tool whose deadline passes becomes an error result and the l
 }
 
 TEST_CASE(
-    "server tools: memory_write runs in the server; a new session of the agent reads its notes, also after "
-    "a restart") {
+    "server tools: memory_write in one session, memory_read in a new session of the agent returns the note, "
+    "also after kill -9 and a restart") {
   Fixture f("memory");
   ServerProcess server;
   server.start(f.args());
-  std::string key;
+  const std::string kKey = "user_name";
+  const json write_tool = narrowed_tool(
+      "memory_write", {{"key", {{"type", "string"}, {"const", kKey}}}, {"note", {{"type", "string"}}}});
+  const json read_tool = narrowed_tool("memory_read", {{"key", {{"type", "string"}, {"enum", {kKey}}}}});
   std::string note;
   {
     Client client(server.port());
-    create_agent_session(client, "notes-agent", json::array({server_tool("memory_write")}),
-                         named("memory_write"), 1);
+    create_agent_session(client, "notes-agent", json::array({write_tool}), named("memory_write"), 1);
     ask(client, "Remember that my name is Ada.");
     const json started = client.read_until("tool.execution.started");
     CHECK(started["name"] == "memory_write");
     const json arguments = json::parse(started["arguments"].get<std::string>());
-    key = arguments["key"];
+    CHECK(arguments["key"] == kKey);  // the session's narrowed schema, enforced while decoding
     note = arguments["note"];
     const json completed = client.read_until("tool.execution.completed");
     CHECK(completed["is_error"] == false);
@@ -169,36 +187,132 @@ TEST_CASE(
         json{{"type", "session.create"}, {"session", {{"tools", json::array({server_tool("rm_rf")})}}}});
     CHECK(client.read_until("error")["error"]["code"] == "invalid_tools");
   }
-  // The random model picks the key it reads, and it need not be the key it wrote: when it is, the note
-  // comes back; when not, the server's answer names the missing key (a real lookup in the agent's memory,
-  // not an error of the loop).
   const auto read_back = [&](Client& client) {
-    create_agent_session(client, "notes-agent", json::array({server_tool("memory_read")}),
-                         named("memory_read"), 1);
+    create_agent_session(client, "notes-agent", json::array({read_tool}), named("memory_read"), 1);
     ask(client, "What is my name?");
     const json started = client.read_until("tool.execution.started");
-    const std::string read_key = json::parse(started["arguments"].get<std::string>())["key"];
+    CHECK(json::parse(started["arguments"].get<std::string>())["key"] == kKey);
     const json completed = client.read_until("tool.execution.completed");
     client.read_until("response.done");
-    return std::make_pair(read_key, completed);
+    REQUIRE(completed["is_error"] == false);
+    const json output = json::parse(completed["output"].get<std::string>());
+    CHECK(output["key"] == kKey);
+    CHECK(output["note"] == note);
   };
   {
     Client client(server.port());
-    const auto [read_key, completed] = read_back(client);
-    MESSAGE("written key '" << key << "', read key '" << read_key << "'");
-    if (read_key == key) {
-      CHECK(completed["is_error"] == false);
-      CHECK(completed["output"].get<std::string>().find(note) != std::string::npos);
-    } else {
-      CHECK(completed["output"].get<std::string>().find(read_key) != std::string::npos);
-    }
+    read_back(client);
   }
-  CHECK(server.stop() == 0);
+  server.kill9();
   server.start(f.args());
   {
     Client client(server.port());
-    const auto [read_key, completed] = read_back(client);
-    if (read_key == key) CHECK(completed["output"].get<std::string>().find(note) != std::string::npos);
+    read_back(client);
+  }
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("a narrowed schema cannot widen a server tool: arguments still pass the registered schema") {
+  Fixture f("widen");
+  ServerProcess server;
+  server.start(f.args());
+  {
+    Client client(server.port());
+    // memory_write's registered key is a string; this session's schema asks the model for an integer.
+    const json widened =
+        narrowed_tool("memory_write", {{"key", {{"type", "integer"}}}, {"note", {{"type", "string"}}}});
+    create_agent_session(client, "widen-agent", json::array({widened}), named("memory_write"), 1);
+    ask(client, "Remember this.");
+    const json started = client.read_until("tool.execution.started");
+    CHECK(json::parse(started["arguments"].get<std::string>())["key"].is_number_integer());
+    const json completed = client.read_until("tool.execution.completed");
+    CHECK(completed["is_error"] == true);
+    CHECK(completed["error_code"] == "InvalidArgument");
+    CHECK(completed["output"].get<std::string>().find("invalid arguments") != std::string::npos);
+    client.read_until("response.done");
+    // A schema that is not an object is refused when the session is created.
+    json bad = server_tool("memory_read");
+    bad["parameters"] = "key";
+    client.send(json{{"type", "session.create"}, {"session", {{"tools", json::array({bad})}}}});
+    CHECK(client.read_until("error")["error"]["code"] == "invalid_tools");
+  }
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE(
+    "killed while waiting for a client tool: after a restart the call is announced again and its output "
+    "continues the loop") {
+  Fixture f("restart_mid_loop");
+  ServerProcess server;
+  server.start(f.args());
+  std::string session_id;
+  json call;
+  {
+    Client client(server.port());
+    session_id =
+        create_agent_session(client, "weather-agent", json::array({weather_tool()}), named("get_weather"), 3);
+    ask(client, "What is the weather in Paris?");
+    call = client.read_until("response.function_call_arguments.done");
+    client.read_until("response.requires_action");
+  }
+  server.kill9();
+  server.start(f.args());
+  {
+    Client client(server.port());
+    client.send(json{{"type", "session.resume"}, {"session_id", session_id}});
+    client.read_until("session.resumed");
+    client.send(json{{"type", "response.create"}});
+    const json again = client.read_until("response.function_call_arguments.done");
+    CHECK(again["call_id"] == call["call_id"]);
+    CHECK(again["name"] == "get_weather");
+    CHECK(json::parse(again["arguments"].get<std::string>()) ==
+          json::parse(call["arguments"].get<std::string>()));
+    const json action = client.read_until("response.requires_action");
+    REQUIRE(action["call_ids"].size() == 1);
+    CHECK(action["call_ids"][0] == call["call_id"]);
+    client.send(json{
+        {"type", "conversation.item.create"},
+        {"item", {{"type", "function_call_output"}, {"call_id", call["call_id"]}, {"output", "18 C, sun"}}}});
+    const json completed = client.read_until("tool.execution.completed");
+    CHECK(completed["call_id"] == call["call_id"]);
+    CHECK(completed["output"] == "18 C, sun");
+    const json done = client.read_until("response.done");
+    CHECK(done["response"]["steps"].get<int>() >= 1);
+    CHECK(done["response"]["status"] != "failed");
+    // The result was committed before the loop went on: the session now holds user, call, result, answer...
+    client.send(json{
+        {"type", "session.resume"}, {"session_id", session_id}, {"last_seq", client.last_seq(session_id)}});
+    const json resumed = client.read_until("session.resumed");
+    CHECK(resumed["session"]["items"].get<int>() >= 4);
+  }
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE(
+    "a response cancelled while it waits for a client tool: the next response announces the same call") {
+  Fixture f("cancel_mid_loop");
+  ServerProcess server;
+  server.start(f.args());
+  {
+    Client client(server.port());
+    create_agent_session(client, "weather-agent", json::array({weather_tool()}), named("get_weather"), 3);
+    ask(client, "What is the weather in Lima?");
+    const json call = client.read_until("response.function_call_arguments.done");
+    client.read_until("response.requires_action");
+    client.send(json{{"type", "response.cancel"}});
+    CHECK(client.read_until("response.done")["response"]["status"] == "cancelled");
+
+    client.send(json{{"type", "response.create"}});
+    const json again = client.read_until("response.function_call_arguments.done");
+    CHECK(again["call_id"] == call["call_id"]);
+    client.read_until("response.requires_action");
+    client.send(
+        json{{"type", "conversation.item.create"},
+             {"item", {{"type", "function_call_output"}, {"call_id", call["call_id"]}, {"output", "9 C"}}}});
+    CHECK(client.read_until("tool.execution.completed")["output"] == "9 C");
+    const json done = client.read_until("response.done");
+    CHECK(done["response"]["status"] != "failed");
+    CHECK(done["response"]["status"] != "cancelled");
   }
   CHECK(server.stop() == 0);
 }
