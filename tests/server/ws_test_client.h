@@ -1,7 +1,8 @@
 // Helpers for the server's integration tests: a real `agentserve serve` process on a loopback port (any
 // arguments, restartable on the same data dir, stopped with SIGTERM or killed with SIGKILL), a plain HTTP
 // GET, and a WebSocket client over Boost.Beast that checks every event's envelope: connection-level events
-// (error, pong) carry seq 0, and each session's events carry its session_id and increasing seq.
+// (error, pong) carry seq 0, and each session's events (errors raised inside a response included) carry
+// its session_id and increasing seq.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -174,7 +175,9 @@ class Client {
     REQUIRE(event["event_id"].is_string());
     REQUIRE(event["seq"].is_number_unsigned());
     const uint64_t seq = event["seq"].get<uint64_t>();
-    if (event.contains("session_id") && event["type"] != "error" && event["type"] != "pong") {
+    // An error raised inside a response (malformed_tool_call) is a session event with the session's seq.
+    const bool connection_level = (event["type"] == "error" && seq == 0) || event["type"] == "pong";
+    if (event.contains("session_id") && !connection_level) {
       uint64_t& last = last_seq_[event["session_id"].get<std::string>()];
       CHECK_MESSAGE(seq > last, "seq " << seq << " after " << last);
       last = seq;
