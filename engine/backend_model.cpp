@@ -222,42 +222,11 @@ Status BackendModel::check_chunks(std::span<const ForwardChunk> chunks) const {
     return Status::invalid_argument("step has " + std::to_string(chunks.size()) + " chunks, more than " +
                                     std::to_string(options_.max_chunks));
   }
-  int64_t total = 0;
-  const int block_size = options_.block_size;
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    const ForwardChunk& chunk = chunks[c];
-    if (chunk.tokens.empty())
-      return Status::invalid_argument("chunk " + std::to_string(c) + " has no tokens");
-    if (chunk.start_position < 0) return Status::invalid_argument("negative start position");
-    total += static_cast<int64_t>(chunk.tokens.size());
-    const int64_t end = chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
-    if (end > options_.max_context_len) {
-      return Status::out_of_range("sequence reaches position " + std::to_string(end) + ", past the model's " +
-                                  std::to_string(options_.max_context_len));
-    }
-    const int64_t needed = (end + block_size - 1) / block_size;
-    if (static_cast<int64_t>(chunk.block_table.size()) < needed) {
-      return Status::invalid_argument("block table of chunk " + std::to_string(c) + " covers fewer than " +
-                                      std::to_string(end) + " positions");
-    }
-    for (int64_t b = 0; b < needed; ++b) {
-      const int block = chunk.block_table[sz(b)];
-      if (block < 0 || block >= options_.num_kv_blocks)
-        return Status::invalid_argument("block id out of range");
-    }
-    for (int32_t id : chunk.tokens) {
-      if (id < 0 || id >= config_.vocab_size) {
-        return Status::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                                        std::to_string(config_.vocab_size) + ")");
-      }
-    }
-  }
-  if (total > options_.max_step_tokens) {
-    return Status::invalid_argument("step has " + std::to_string(total) +
-                                    " tokens, more than max_step_tokens " +
-                                    std::to_string(options_.max_step_tokens));
-  }
-  return {};
+  return check_forward_chunks(chunks, {.block_size = options_.block_size,
+                                       .num_kv_blocks = options_.num_kv_blocks,
+                                       .max_context_len = options_.max_context_len,
+                                       .vocab_size = config_.vocab_size,
+                                       .max_step_tokens = options_.max_step_tokens});
 }
 
 int BackendModel::pack_step(std::span<const ForwardChunk> chunks) {

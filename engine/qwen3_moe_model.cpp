@@ -96,9 +96,8 @@ void Qwen3MoeModel::reset_expert_load() {
   std::fill(expert_load_.routed_tokens.begin(), expert_load_.routed_tokens.end(), 0);
 }
 
-Status Qwen3MoeModel::check_chunks(std::span<const ForwardChunk> chunks, const memory::KvArena& kv) const {
+Status check_forward_chunks(std::span<const ForwardChunk> chunks, const ForwardLimits& limits) {
   int64_t total = 0;
-  const int block_size = kv.layout().block_size;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const ForwardChunk& chunk = chunks[c];
     if (chunk.tokens.empty())
@@ -106,27 +105,27 @@ Status Qwen3MoeModel::check_chunks(std::span<const ForwardChunk> chunks, const m
     if (chunk.start_position < 0) return Status::invalid_argument("negative start position");
     total += static_cast<int64_t>(chunk.tokens.size());
     const int64_t end = chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
-    if (end > config_.max_position_embeddings) {
+    if (end > limits.max_context_len) {
       return Status::out_of_range("sequence reaches position " + std::to_string(end) + ", past the model's " +
-                                  std::to_string(config_.max_position_embeddings));
+                                  std::to_string(limits.max_context_len));
     }
-    if (static_cast<int64_t>(chunk.block_table.size()) * block_size < end) {
+    if (static_cast<int64_t>(chunk.block_table.size()) * limits.block_size < end) {
       return Status::invalid_argument("block table of chunk " + std::to_string(c) + " covers fewer than " +
                                       std::to_string(end) + " positions");
     }
     for (int block : chunk.block_table) {
-      if (block < 0 || block >= kv.num_blocks()) return Status::invalid_argument("block id out of range");
+      if (block < 0 || block >= limits.num_kv_blocks) return Status::invalid_argument("block id out of range");
     }
     for (int32_t id : chunk.tokens) {
-      if (id < 0 || id >= config_.vocab_size) {
+      if (id < 0 || id >= limits.vocab_size) {
         return Status::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                                        std::to_string(config_.vocab_size) + ")");
+                                        std::to_string(limits.vocab_size) + ")");
       }
     }
   }
-  if (total > max_step_tokens_) {
+  if (total > limits.max_step_tokens) {
     return Status::invalid_argument("step has " + std::to_string(total) +
-                                    " tokens, more than max_step_tokens " + std::to_string(max_step_tokens_));
+                                    " tokens, more than max_step_tokens " + std::to_string(limits.max_step_tokens));
   }
   return {};
 }
@@ -161,7 +160,12 @@ void Qwen3MoeModel::parallel_matmul(float* y, const float* x, const WeightMatrix
 
 Status Qwen3MoeModel::forward(std::span<const ForwardChunk> chunks, memory::KvArena& kv,
                               std::vector<float>& logits) {
-  AS_RETURN_IF_ERROR(check_chunks(chunks, kv));
+  AS_RETURN_IF_ERROR(check_forward_chunks(
+      chunks, {.block_size = kv.layout().block_size,
+               .num_kv_blocks = kv.num_blocks(),
+               .max_context_len = config_.max_position_embeddings,
+               .vocab_size = config_.vocab_size,
+               .max_step_tokens = max_step_tokens_}));
   const int hidden = static_cast<int>(config_.hidden_size);
   const int half_dim = static_cast<int>(inv_freq_.size());
 

@@ -40,6 +40,20 @@ struct ForwardChunk {
   LogitsWanted logits = LogitsWanted::kLast;
 };
 
+// What a forward pass can take: the checks every model runs on a step's chunks before touching anything.
+struct ForwardLimits {
+  int block_size = 16;
+  int64_t num_kv_blocks = 0;
+  int64_t max_context_len = 0;  // positions a sequence may reach
+  int64_t vocab_size = 0;
+  int64_t max_step_tokens = 0;
+};
+
+// InvalidArgument (OutOfRange for a sequence past max_context_len) naming the first problem: an empty
+// chunk, a negative start, a block table too short for its positions or holding an id outside the pool, a
+// token id outside the vocabulary, or more tokens in all than max_step_tokens.
+Status check_forward_chunks(std::span<const ForwardChunk> chunks, const ForwardLimits& limits);
+
 // Tokens routed to each expert, per layer, summed over all steps since the last reset: the source of the
 // per-expert load metrics and the MoE imbalance (max / mean).
 struct ExpertLoad {
@@ -81,7 +95,6 @@ class Qwen3MoeModel {
   void reset_expert_load();
 
  private:
-  Status check_chunks(std::span<const ForwardChunk> chunks, const memory::KvArena& kv) const;
   void attention_block(int layer, std::span<const ForwardChunk> chunks, memory::KvArena& kv, int n_tokens);
   void write_kv(int layer, std::span<const ForwardChunk> chunks, memory::KvArena& kv);
   void moe_block(int layer, int n_tokens);
