@@ -53,24 +53,6 @@ json server_tool(const std::string& name) {
   return {{"type", "function"}, {"name", name}, {"execution", "server"}};
 }
 
-// A server tool declared with a narrower schema than the registered one (see session_tools).
-json narrowed_tool(const std::string& name, const json& properties) {
-  json required = json::array();
-  for (const auto& [key, value] : properties.items()) required.push_back(key);
-  return {{"type", "function"},
-          {"name", name},
-          {"execution", "server"},
-          {"parameters",
-           {{"type", "object"},
-            {"properties", properties},
-            {"required", required},
-            {"additionalProperties", false}}}};
-}
-
-json named(const std::string& name) {
-  return {{"type", "function"}, {"name", name}};
-}
-
 std::string create_agent_session(Client& client, const std::string& agent_id, const json& tools,
                                  const json& tool_choice, int max_steps, int timeout_ms = 60000) {
   client.send(json{{"type", "session.create"},
@@ -142,7 +124,7 @@ TEST_CASE("a client tool whose deadline passes becomes an error result and the l
   server.start(f.args());
   {
     Client client(server.port());
-    create_agent_session(client, "slow-client", json::array({weather_tool()}), named("get_weather"), 2, 300);
+    create_agent_session(client, "slow-client", json::array({weather_tool()}), named_tool_choice("get_weather"), 2, 300);
     ask(client, "Weather in Rome?");
     const json call = client.read_until("response.function_call_arguments.done");
     client.read_until("response.requires_action");
@@ -163,13 +145,13 @@ TEST_CASE(
   ServerProcess server;
   server.start(f.args());
   const std::string kKey = "user_name";
-  const json write_tool = narrowed_tool(
+  const json write_tool = narrowed_server_tool(
       "memory_write", {{"key", {{"type", "string"}, {"const", kKey}}}, {"note", {{"type", "string"}}}});
-  const json read_tool = narrowed_tool("memory_read", {{"key", {{"type", "string"}, {"enum", {kKey}}}}});
+  const json read_tool = narrowed_server_tool("memory_read", {{"key", {{"type", "string"}, {"enum", {kKey}}}}});
   std::string note;
   {
     Client client(server.port());
-    create_agent_session(client, "notes-agent", json::array({write_tool}), named("memory_write"), 1);
+    create_agent_session(client, "notes-agent", json::array({write_tool}), named_tool_choice("memory_write"), 1);
     ask(client, "Remember that my name is Ada.");
     const json started = client.read_until("tool.execution.started");
     CHECK(started["name"] == "memory_write");
@@ -188,7 +170,7 @@ TEST_CASE(
     CHECK(client.read_until("error")["error"]["code"] == "invalid_tools");
   }
   const auto read_back = [&](Client& client) {
-    create_agent_session(client, "notes-agent", json::array({read_tool}), named("memory_read"), 1);
+    create_agent_session(client, "notes-agent", json::array({read_tool}), named_tool_choice("memory_read"), 1);
     ask(client, "What is my name?");
     const json started = client.read_until("tool.execution.started");
     CHECK(json::parse(started["arguments"].get<std::string>())["key"] == kKey);
@@ -220,8 +202,8 @@ TEST_CASE("a narrowed schema cannot widen a server tool: arguments still pass th
     Client client(server.port());
     // memory_write's registered key is a string; this session's schema asks the model for an integer.
     const json widened =
-        narrowed_tool("memory_write", {{"key", {{"type", "integer"}}}, {"note", {{"type", "string"}}}});
-    create_agent_session(client, "widen-agent", json::array({widened}), named("memory_write"), 1);
+        narrowed_server_tool("memory_write", {{"key", {{"type", "integer"}}}, {"note", {{"type", "string"}}}});
+    create_agent_session(client, "widen-agent", json::array({widened}), named_tool_choice("memory_write"), 1);
     ask(client, "Remember this.");
     const json started = client.read_until("tool.execution.started");
     CHECK(json::parse(started["arguments"].get<std::string>())["key"].is_number_integer());
@@ -250,7 +232,7 @@ TEST_CASE(
   {
     Client client(server.port());
     session_id =
-        create_agent_session(client, "weather-agent", json::array({weather_tool()}), named("get_weather"), 3);
+        create_agent_session(client, "weather-agent", json::array({weather_tool()}), named_tool_choice("get_weather"), 3);
     ask(client, "What is the weather in Paris?");
     call = client.read_until("response.function_call_arguments.done");
     client.read_until("response.requires_action");
@@ -295,7 +277,7 @@ TEST_CASE(
   server.start(f.args());
   {
     Client client(server.port());
-    create_agent_session(client, "weather-agent", json::array({weather_tool()}), named("get_weather"), 3);
+    create_agent_session(client, "weather-agent", json::array({weather_tool()}), named_tool_choice("get_weather"), 3);
     ask(client, "What is the weather in Lima?");
     const json call = client.read_until("response.function_call_arguments.done");
     client.read_until("response.requires_action");

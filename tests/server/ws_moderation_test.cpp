@@ -18,6 +18,8 @@
 namespace http = boost::beast::http;
 using agentserve::test::ServerProcess;
 using agentserve::testing::Client;
+using agentserve::testing::named_tool_choice;
+using agentserve::testing::narrowed_server_tool;
 using nlohmann::json;
 
 namespace {
@@ -81,25 +83,11 @@ int session_items(int port, const std::string& id) {
   return json::parse(reply.body)["items"];
 }
 
+// memory_write / memory_read held to one key, so the random model's forced call uses it.
 json memory_tool(const std::string& name, const std::string& key) {
   json properties = {{"key", {{"type", "string"}, {"const", key}}}};
-  json required = {"key"};
-  if (name == "memory_write") {
-    properties["note"] = {{"type", "string"}};
-    required.push_back("note");
-  }
-  return {{"type", "function"},
-          {"name", name},
-          {"execution", "server"},
-          {"parameters",
-           {{"type", "object"},
-            {"properties", properties},
-            {"required", required},
-            {"additionalProperties", false}}}};
-}
-
-json named(const std::string& name) {
-  return {{"type", "function"}, {"name", name}};
+  if (name == "memory_write") properties["note"] = {{"type", "string"}};
+  return narrowed_server_tool(name, properties);
 }
 
 }  // namespace
@@ -147,7 +135,7 @@ TEST_CASE("check_tool_results: a flagged client tool output reaches the model on
                           {"required", {"city"}},
                           {"additionalProperties", false}}},
                         {"execution", "client"}};
-  create_session(client, json::array({weather}), named("get_weather"), 2);
+  create_session(client, json::array({weather}), named_tool_choice("get_weather"), 2);
   client.send(agentserve::testing::user_message("Weather in Oslo?"));
   client.read_until("conversation.item.created");
   client.send(json{{"type", "response.create"}});
@@ -182,7 +170,7 @@ TEST_CASE("a flagged tool argument stops the tool from running: the note is not 
     ModerationService service({"--secret", kSecret, "--flag-kind", "tool_arguments"});
     ServerProcess server(server_config(service.url()), server_args(dir));
     Client client(server.port, kKey);
-    create_session(client, json::array({memory_tool("memory_write", key)}), named("memory_write"), 1);
+    create_session(client, json::array({memory_tool("memory_write", key)}), named_tool_choice("memory_write"), 1);
     const std::vector<json> events = respond(client, "Remember the plan.");
     const auto blocked = of_type(events, "moderation.blocked");
     REQUIRE(blocked.size() == 1);
@@ -199,7 +187,7 @@ TEST_CASE("a flagged tool argument stops the tool from running: the note is not 
   ServerProcess server(server_config(""), server_args(dir));
   Client client(server.port, kKey);
   auto read_note = [&] {
-    create_session(client, json::array({memory_tool("memory_read", key)}), named("memory_read"), 1);
+    create_session(client, json::array({memory_tool("memory_read", key)}), named_tool_choice("memory_read"), 1);
     const std::vector<json> events = respond(client, "What is the plan?");
     const auto completed = of_type(events, "tool.execution.completed");
     REQUIRE(completed.size() == 1);
@@ -208,7 +196,7 @@ TEST_CASE("a flagged tool argument stops the tool from running: the note is not 
   const json missing = read_note();
   CHECK(missing["is_error"] == true);
   CHECK(missing["error_code"] == "NotFound");
-  create_session(client, json::array({memory_tool("memory_write", key)}), named("memory_write"), 1);
+  create_session(client, json::array({memory_tool("memory_write", key)}), named_tool_choice("memory_write"), 1);
   const auto written = of_type(respond(client, "Remember the plan."), "tool.execution.completed");
   REQUIRE(written.size() == 1);
   CHECK(written[0]["is_error"] == false);

@@ -212,6 +212,23 @@ inline json user_message(const std::string& text) {
   return {{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", text}}}};
 }
 
+// A server tool declared with its own, narrower parameter schema (docs/protocol.md, session tools): every
+// property required, nothing else allowed.
+inline json narrowed_server_tool(const std::string& name, const json& properties) {
+  json required = json::array();
+  for (const auto& [key, value] : properties.items()) required.push_back(key);
+  return {{"type", "function"},
+          {"name", name},
+          {"execution", "server"},
+          {"parameters",
+           {{"type", "object"}, {"properties", properties}, {"required", required}, {"additionalProperties", false}}}};
+}
+
+// tool_choice naming one function.
+inline json named_tool_choice(const std::string& name) {
+  return {{"type", "function"}, {"name", name}};
+}
+
 inline json greedy_session(int max_tokens) {
   return {{"type", "session.create"},
           {"session", {{"agent_id", "test"}, {"sampling", {{"temperature", 0}, {"max_tokens", max_tokens}}}}}};
