@@ -1,6 +1,7 @@
 #include "agent/token_mask.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <deque>
 
@@ -43,6 +44,75 @@ bool number_final(int32_t s) {
   return s == kNumZero || s == kNumInt || s == kNumFrac || s == kNumExp;
 }
 
+// A character of a string starts at a byte in the body that is not the closing quote or a continuation.
+bool starts_char(int32_t lexer_state, uint8_t c) {
+  return lexer_state == kStrBody && c != '"' && (c < 0x80 || c >= 0xC0);
+}
+
+// False when `c` is refused; f.a = -1 when the closing quote came.
+bool string_step(MatchFrame& f, uint8_t c) {
+  switch (f.a) {
+    case kStrOpen:
+      if (c != '"') return false;
+      f.a = kStrBody;
+      return true;
+    case kStrBody:
+      if (c == '"') f.a = -1;
+      else if (c == '\\') f.a = kStrEscape;
+      else if (c < 0x20) return false;
+      else if (c < 0x80) f.a = kStrBody;
+      else if (c >= 0xC2 && c <= 0xDF) f.a = kStrCont1;
+      else if (c == 0xE0) f.a = kStrE0;
+      else if (c == 0xED) f.a = kStrED;
+      else if (c >= 0xE1 && c <= 0xEF) f.a = kStrCont2;
+      else if (c == 0xF0) f.a = kStrF0;
+      else if (c >= 0xF1 && c <= 0xF3) f.a = kStrCont3;
+      else if (c == 0xF4) f.a = kStrF4;
+      else return false;
+      return true;
+    case kStrEscape:
+      if (c == 'u') f.a = kStrHex4;
+      else if (std::strchr("\"\\/bfnrt", c) != nullptr && c != 0) f.a = kStrBody;
+      else return false;
+      return true;
+    case kStrHex4:
+      // \uD800-\uDFFF alone is a lone surrogate, which JSON parsers refuse: keep the first hex digit from
+      // starting one.
+      if (c == 'd' || c == 'D') f.a = kStrHexLowSurrogateFree;
+      else if (is_hex(c)) f.a = kStrHex3;
+      else return false;
+      return true;
+    case kStrHexLowSurrogateFree:
+      if (c < '0' || c > '7') return false;
+      f.a = kStrHex2;
+      return true;
+    case kStrHex3:
+    case kStrHex2:
+    case kStrHex1:
+      if (!is_hex(c)) return false;
+      f.a = f.a == kStrHex1 ? kStrBody : f.a + 1;
+      return true;
+    case kStrCont1:
+    case kStrCont2:
+    case kStrCont3:
+      if (c < 0x80 || c > 0xBF) return false;
+      f.a = f.a == kStrCont1 ? kStrBody : f.a - 1;
+      return true;
+    case kStrE0:
+    case kStrED:
+      if (f.a == kStrE0 ? (c < 0xA0 || c > 0xBF) : (c < 0x80 || c > 0x9F)) return false;
+      f.a = kStrCont1;
+      return true;
+    case kStrF0:
+    case kStrF4:
+      if (f.a == kStrF0 ? (c < 0x90 || c > 0xBF) : (c < 0x80 || c > 0x8F)) return false;
+      f.a = kStrCont2;
+      return true;
+    default:
+      return false;
+  }
+}
+
 class Stepper {
  public:
   Stepper(const Grammar& g, MatchState& out) : g_(g), out_(out) {}
@@ -62,11 +132,8 @@ class Stepper {
         if (++f.a == static_cast<int32_t>(n.literal.size())) pop_complete(s);
         return emit(s);
       case GrammarNodeKind::kString:
-        // A character starts at a byte in the body that is not the closing quote or a continuation.
-        // Counted only under a limit, so unlimited strings keep one state (and one cached mask) throughout.
-        if (n.max_length != INT_MAX && f.a == kStrBody && c != '"' && (c < 0x80 || c >= 0xC0) &&
-            f.b++ >= n.max_length)
-          return;
+        // Characters are counted only under a limit, so unlimited strings keep one state (and one cached mask) throughout.
+        if (n.max_length != INT_MAX && starts_char(f.a, c) && f.b++ >= n.max_length) return;
         if (string_step(f, c)) {
           if (f.a < 0) pop_complete(s);
           emit(s);
@@ -140,70 +207,6 @@ class Stepper {
     if (s.size() >= kMaxStackDepth) return;
     s.push_back({.node = node, .phase = 0, .a = 0, .b = 0});
     step(s, c);
-  }
-
-  // False when `c` is refused; f.a = -1 when the closing quote came.
-  static bool string_step(MatchFrame& f, uint8_t c) {
-    switch (f.a) {
-      case kStrOpen:
-        if (c != '"') return false;
-        f.a = kStrBody;
-        return true;
-      case kStrBody:
-        if (c == '"') f.a = -1;
-        else if (c == '\\') f.a = kStrEscape;
-        else if (c < 0x20) return false;
-        else if (c < 0x80) f.a = kStrBody;
-        else if (c >= 0xC2 && c <= 0xDF) f.a = kStrCont1;
-        else if (c == 0xE0) f.a = kStrE0;
-        else if (c == 0xED) f.a = kStrED;
-        else if (c >= 0xE1 && c <= 0xEF) f.a = kStrCont2;
-        else if (c == 0xF0) f.a = kStrF0;
-        else if (c >= 0xF1 && c <= 0xF3) f.a = kStrCont3;
-        else if (c == 0xF4) f.a = kStrF4;
-        else return false;
-        return true;
-      case kStrEscape:
-        if (c == 'u') f.a = kStrHex4;
-        else if (std::strchr("\"\\/bfnrt", c) != nullptr && c != 0) f.a = kStrBody;
-        else return false;
-        return true;
-      case kStrHex4:
-        // \uD800-\uDFFF alone is a lone surrogate, which JSON parsers refuse: keep the first hex digit from
-        // starting one.
-        if (c == 'd' || c == 'D') f.a = kStrHexLowSurrogateFree;
-        else if (is_hex(c)) f.a = kStrHex3;
-        else return false;
-        return true;
-      case kStrHexLowSurrogateFree:
-        if (c < '0' || c > '7') return false;
-        f.a = kStrHex2;
-        return true;
-      case kStrHex3:
-      case kStrHex2:
-      case kStrHex1:
-        if (!is_hex(c)) return false;
-        f.a = f.a == kStrHex1 ? kStrBody : f.a + 1;
-        return true;
-      case kStrCont1:
-      case kStrCont2:
-      case kStrCont3:
-        if (c < 0x80 || c > 0xBF) return false;
-        f.a = f.a == kStrCont1 ? kStrBody : f.a - 1;
-        return true;
-      case kStrE0:
-      case kStrED:
-        if (f.a == kStrE0 ? (c < 0xA0 || c > 0xBF) : (c < 0x80 || c > 0x9F)) return false;
-        f.a = kStrCont1;
-        return true;
-      case kStrF0:
-      case kStrF4:
-        if (f.a == kStrF0 ? (c < 0x90 || c > 0xBF) : (c < 0x80 || c > 0x8F)) return false;
-        f.a = kStrCont2;
-        return true;
-      default:
-        return false;
-    }
   }
 
   void number_step(Stack& s, bool integer, uint8_t c) {
@@ -493,52 +496,136 @@ bool GrammarMatcher::added_token_allowed(std::string_view content) const {
   return in_literal && accepts(content);
 }
 
-VocabularyIndex::VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size)
-    : vocab_size_(std::max(mask_vocab_size, tokenizer.vocab_size())) {
-  bytes_.resize(static_cast<size_t>(tokenizer.vocab_size()));
-  std::vector<int32_t> plain;
-  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
-    if (tokenizer.is_added(id)) {
-      // Added tokens decode to their content (token_bytes would hand back the same text).
-      bytes_[static_cast<size_t>(id)] = std::string(tokenizer.id_to_token(id));
-      if (!bytes_[static_cast<size_t>(id)].empty()) added_.push_back({id, bytes_[static_cast<size_t>(id)]});
-      continue;
-    }
-    bytes_[static_cast<size_t>(id)] = std::string(tokenizer.token_bytes(id));
-    if (bytes_[static_cast<size_t>(id)].empty()) continue;
-    plain.push_back(id);
-    max_bytes_ = std::max(max_bytes_, bytes_[static_cast<size_t>(id)].size());
-  }
-  std::sort(plain.begin(), plain.end(), [&](int32_t x, int32_t y) {
-    return bytes_[static_cast<size_t>(x)] < bytes_[static_cast<size_t>(y)];
+namespace {
+
+struct TrieEntry {
+  std::string_view bytes;
+  int32_t id;
+  uint16_t chars;
+};
+
+struct OwnedTrie {
+  std::vector<VocabularyIndex::Node> nodes;  // nodes[0] is the root
+  std::vector<int32_t> ids;
+  std::vector<uint16_t> chars;  // by position in `ids`
+};
+
+// A trie of `entries` (sorted here by bytes). Breadth first, so each node's children sit side by side; a node
+// covers the sorted entries [lo, hi) that share its prefix of `depth` bytes (those ending exactly there sort
+// first).
+OwnedTrie build_trie(std::vector<TrieEntry> entries) {
+  std::sort(entries.begin(), entries.end(), [](const TrieEntry& x, const TrieEntry& y) {
+    return x.bytes < y.bytes || (x.bytes == y.bytes && x.id < y.id);
   });
-  token_ids_ = plain;
-  // Breadth first, so each node's children sit side by side; a node covers the sorted ids [lo, hi) that
-  // share its prefix of `depth` bytes (the ids ending exactly here sort first).
+  OwnedTrie t;
+  for (const TrieEntry& e : entries) {
+    t.ids.push_back(e.id);
+    t.chars.push_back(e.chars);
+  }
   struct Pending {
     uint32_t node, lo, hi;
     size_t depth;
   };
-  nodes_.push_back({});
-  std::deque<Pending> queue{{0, 0, static_cast<uint32_t>(plain.size()), 0}};
+  t.nodes.push_back({});
+  std::deque<Pending> queue{{0, 0, static_cast<uint32_t>(entries.size()), 0}};
+  const auto byte_at = [&](uint32_t i, size_t depth) { return static_cast<uint8_t>(entries[i].bytes[depth]); };
   while (!queue.empty()) {
     const Pending p = queue.front();
     queue.pop_front();
     uint32_t i = p.lo;
-    nodes_[p.node].first_token = i;
-    while (i < p.hi && bytes_[static_cast<size_t>(plain[i])].size() == p.depth) ++i;
-    nodes_[p.node].n_tokens = i - p.lo;
-    nodes_[p.node].first_child = static_cast<uint32_t>(nodes_.size());
+    t.nodes[p.node].first_token = i;
+    while (i < p.hi && entries[i].bytes.size() == p.depth) ++i;
+    t.nodes[p.node].n_tokens = i - p.lo;
+    t.nodes[p.node].first_child = static_cast<uint32_t>(t.nodes.size());
     while (i < p.hi) {
-      const uint8_t byte = static_cast<uint8_t>(bytes_[static_cast<size_t>(plain[i])][p.depth]);
+      const uint8_t byte = byte_at(i, p.depth);
       uint32_t j = i;
-      while (j < p.hi && static_cast<uint8_t>(bytes_[static_cast<size_t>(plain[j])][p.depth]) == byte) ++j;
-      nodes_.push_back({.byte = byte});
-      queue.push_back({static_cast<uint32_t>(nodes_.size() - 1), i, j, p.depth + 1});
+      while (j < p.hi && byte_at(j, p.depth) == byte) ++j;
+      t.nodes.push_back({.byte = byte});
+      queue.push_back({static_cast<uint32_t>(t.nodes.size() - 1), i, j, p.depth + 1});
       i = j;
     }
-    nodes_[p.node].n_children = static_cast<uint32_t>(nodes_.size()) - nodes_[p.node].first_child;
+    t.nodes[p.node].n_children = static_cast<uint32_t>(t.nodes.size()) - t.nodes[p.node].first_child;
   }
+  return t;
+}
+
+constexpr int32_t kFirstBodyState = kStrBody;
+constexpr int32_t kLastBodyState = kStrHexLowSurrogateFree;
+
+// For one lexer state of a string body, every plain token that the lexer takes whole from there: `inside`
+// ones end still in the string, `closing` ones hold its closing quote (their trie is of the bytes after it).
+// `chars` counts the characters the token adds to the string (what a maxLength limits).
+struct StringScan {
+  std::vector<uint32_t> inside_bits;
+  std::vector<int32_t> inside_ids;     // ascending by chars
+  std::vector<uint16_t> inside_chars;  // parallel to inside_ids
+  OwnedTrie closing;
+};
+
+}  // namespace
+
+struct VocabularyIndex::StringScans {
+  StringScan by_state[kLastBodyState + 1];  // indexed by lexer state; kStrOpen never rests on a stack
+};
+
+VocabularyIndex::VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size)
+    : vocab_size_(std::max(mask_vocab_size, tokenizer.vocab_size())) {
+  bytes_.resize(static_cast<size_t>(tokenizer.vocab_size()));
+  std::vector<TrieEntry> plain;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    std::string& bytes = bytes_[static_cast<size_t>(id)];
+    if (tokenizer.is_added(id)) {
+      // Added tokens decode to their content (token_bytes would hand back the same text).
+      bytes = std::string(tokenizer.id_to_token(id));
+      if (!bytes.empty()) added_.push_back({id, bytes});
+      continue;
+    }
+    bytes = std::string(tokenizer.token_bytes(id));
+    if (bytes.empty()) continue;
+    plain.push_back({bytes, id, 0});
+    max_bytes_ = std::max(max_bytes_, bytes.size());
+  }
+
+  auto scans = std::make_shared<StringScans>();
+  std::vector<TrieEntry> closing[kLastBodyState + 1];
+  std::vector<std::pair<uint16_t, int32_t>> inside[kLastBodyState + 1];
+  for (const TrieEntry& e : plain) {
+    for (int32_t state = kFirstBodyState; state <= kLastBodyState; ++state) {
+      MatchFrame f{.node = 0, .phase = 0, .a = state, .b = 0};
+      uint16_t chars = 0;
+      size_t i = 0;
+      bool refused = false;
+      for (; i < e.bytes.size() && f.a >= 0; ++i) {
+        const uint8_t c = static_cast<uint8_t>(e.bytes[i]);
+        const bool starts = starts_char(f.a, c);
+        if (!string_step(f, c)) {
+          refused = true;
+          break;
+        }
+        if (starts && chars < UINT16_MAX) ++chars;
+      }
+      if (refused) continue;
+      if (f.a < 0) closing[state].push_back({e.bytes.substr(i), e.id, chars});
+      else inside[state].push_back({chars, e.id});
+    }
+  }
+  for (int32_t state = kFirstBodyState; state <= kLastBodyState; ++state) {
+    StringScan& scan = scans->by_state[state];
+    std::sort(inside[state].begin(), inside[state].end());
+    scan.inside_bits.assign(mask_words(), 0u);
+    for (const auto& [chars, id] : inside[state]) {
+      scan.inside_ids.push_back(id);
+      scan.inside_chars.push_back(chars);
+      scan.inside_bits[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
+    }
+    scan.closing = build_trie(std::move(closing[state]));
+  }
+  string_scans_ = std::move(scans);
+
+  OwnedTrie trie = build_trie(std::move(plain));
+  nodes_ = std::move(trie.nodes);
+  token_ids_ = std::move(trie.ids);
 }
 
 std::string_view VocabularyIndex::bytes_of(int32_t id) const {
@@ -546,8 +633,17 @@ std::string_view VocabularyIndex::bytes_of(int32_t id) const {
   return bytes_[static_cast<size_t>(id)];
 }
 
+struct MaskBuilder::Trie {
+  const VocabularyIndex::Node* nodes;
+  const int32_t* ids;
+  const uint16_t* chars;  // null: no limit applies
+};
+
 MaskBuilder::MaskBuilder(std::shared_ptr<const VocabularyIndex> index, size_t max_cached_states)
-    : index_(std::move(index)), max_cached_(max_cached_states), levels_(index_->max_token_bytes() + 1) {}
+    : index_(std::move(index)),
+      max_cached_(max_cached_states),
+      levels_(index_->max_token_bytes() + 1),
+      scratch_(index_->mask_words()) {}
 
 void MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
   std::lock_guard lock(mutex_);
@@ -559,22 +655,97 @@ void MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) 
   }
   ++misses_;
   std::fill(mask.begin(), mask.end(), 0u);
-  levels_[0] = matcher.state();
-  walk(matcher.grammar(), 0, 0, mask);
+  // A state's tokens are the union of each stack's: stacks step independently. Stacks in a string body take
+  // the precomputed shortcut; the rest share one walk.
+  const Grammar& grammar = matcher.grammar();
+  const MatchState& state = matcher.state();
+  others_.clear();
+  uint32_t begin = 0;
+  for (uint32_t end : state.ends) {
+    const MatchFrame& top = state.frames[end - 1];
+    if (top.node >= 0 && grammar.nodes[static_cast<size_t>(top.node)].kind == GrammarNodeKind::kString &&
+        top.a >= kFirstBodyState && top.a <= kLastBodyState) {
+      fill_string(grammar, state, begin, end, mask);
+    } else {
+      others_.frames.insert(others_.frames.end(), state.frames.begin() + begin, state.frames.begin() + end);
+      others_.ends.push_back(static_cast<uint32_t>(others_.frames.size()));
+    }
+    begin = end;
+  }
+  if (!others_.dead()) {
+    levels_[0] = others_;
+    walk(grammar, Trie{index_->nodes().data(), index_->trie_token_ids().data(), nullptr}, 0, 0, INT_MAX, mask);
+  }
   // A bounded cache: a grammar that keeps making new states (deep nesting) starts over rather than grow.
   if (cache_.size() >= max_cached_) cache_.clear();
   cache_.emplace(key_, std::vector<uint32_t>(mask.begin(), mask.end()));
 }
 
-void MaskBuilder::walk(const Grammar& grammar, uint32_t node, size_t depth, std::span<uint32_t> mask) {
-  const VocabularyIndex::Node& n = index_->nodes()[node];
+void MaskBuilder::fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
+  std::lock_guard lock(mutex_);
+  std::fill(mask.begin(), mask.end(), 0u);
+  levels_[0] = matcher.state();
+  walk(matcher.grammar(), Trie{index_->nodes().data(), index_->trie_token_ids().data(), nullptr}, 0, 0, INT_MAX,
+       mask);
+}
+
+void MaskBuilder::fill_string(const Grammar& grammar, const MatchState& state, uint32_t begin, uint32_t end,
+                              std::span<uint32_t> mask) {
+  const MatchFrame& top = state.frames[end - 1];
+  const GrammarNode& n = grammar.nodes[static_cast<size_t>(top.node)];
+  const StringScan& scan = index_->string_scans().by_state[top.a];
+  const int max_chars = n.max_length == INT_MAX ? INT_MAX : std::max(0, n.max_length - top.b);
+  const auto set = [&](int32_t id) { mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32); };
+
+  // Tokens that stay inside: all of them, or those short enough (whichever side of the cut is smaller is
+  // the one visited one token at a time).
+  const size_t n_inside = scan.inside_ids.size();
+  const size_t fit = static_cast<size_t>(
+      std::upper_bound(scan.inside_chars.begin(), scan.inside_chars.end(), max_chars,
+                       [](int limit, uint16_t chars) { return limit < static_cast<int>(chars); }) -
+      scan.inside_chars.begin());
+  if (fit == n_inside) {
+    for (size_t w = 0; w < mask.size(); ++w) mask[w] |= scan.inside_bits[w];
+  } else if (fit * 2 > n_inside) {
+    std::copy(scan.inside_bits.begin(), scan.inside_bits.end(), scratch_.begin());
+    for (size_t i = fit; i < n_inside; ++i) {
+      const int32_t id = scan.inside_ids[i];
+      scratch_[static_cast<size_t>(id) / 32] &= ~(1u << (id % 32));
+    }
+    for (size_t w = 0; w < mask.size(); ++w) mask[w] |= scratch_[w];
+  } else {
+    for (size_t i = 0; i < fit; ++i) set(scan.inside_ids[i]);
+  }
+
+  // Tokens that close the string: the stack with the string popped must take the bytes after the quote.
+  const OwnedTrie& closing = scan.closing;
+  const VocabularyIndex::Node& root = closing.nodes[0];
+  for (uint32_t i = root.first_token; i < root.first_token + root.n_tokens; ++i)
+    if (closing.chars[i] <= max_chars) set(closing.ids[i]);
+  if (root.n_children == 0) return;
+  Stack popped(state.frames.begin() + begin, state.frames.begin() + end);
+  MatchState unused;
+  Stepper(grammar, unused).pop_complete(popped);
+  levels_[0].clear();
+  levels_[0].frames = std::move(popped);
+  levels_[0].ends.push_back(static_cast<uint32_t>(levels_[0].frames.size()));
+  walk(grammar, Trie{closing.nodes.data(), closing.ids.data(), closing.chars.data()}, 0, 0, max_chars, mask);
+}
+
+void MaskBuilder::walk(const Grammar& grammar, const Trie& trie, uint32_t node, size_t depth, int max_chars,
+                       std::span<uint32_t> mask) {
+  const VocabularyIndex::Node& n = trie.nodes[node];
   for (uint32_t c = n.first_child; c < n.first_child + n.n_children; ++c) {
-    const VocabularyIndex::Node& child = index_->nodes()[c];
+    const VocabularyIndex::Node& child = trie.nodes[c];
     MatchState& next = levels_[depth + 1];
     GrammarMatcher::step(grammar, levels_[depth], child.byte, next);
     if (next.dead()) continue;
-    for (int32_t id : index_->tokens_at(child)) mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
-    if (child.n_children > 0) walk(grammar, c, depth + 1, mask);
+    for (uint32_t i = child.first_token; i < child.first_token + child.n_tokens; ++i) {
+      if (trie.chars != nullptr && trie.chars[i] > max_chars) continue;
+      const int32_t id = trie.ids[i];
+      mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
+    }
+    if (child.n_children > 0) walk(grammar, trie, c, depth + 1, max_chars, mask);
   }
 }
 

@@ -2,7 +2,10 @@
 // that advances incrementally as tokens are accepted, and a vocabulary index (a trie of every token's bytes)
 // that turns a matcher state into the bitmask of tokens allowed next in one walk: tokens sharing a prefix share
 // the matcher work for it, and a subtree is cut as soon as its prefix is refused. Masks are cached per matcher
-// state, so the states a generation revisits (inside a string, between properties) cost a copy.
+// state, so the states a generation revisits (inside a string, between properties) cost a copy. A parse stack
+// inside a JSON string body skips the walk: what a token does there (stay inside, break the string, or close
+// it and go on with the bytes after the quote) does not depend on the schema, so the index precomputes it
+// once per lexer state, and the mask is a copy of a bitset plus a walk over the few suffixes after a quote.
 //
 // The matcher is a set of parse stacks (anyOf and optional properties fork them; dead ones are dropped), so it
 // needs no backtracking and never re-parses. It must never accept bytes the grammar does not describe; a
@@ -98,18 +101,26 @@ class VocabularyIndex {
   std::span<const int32_t> tokens_at(const Node& n) const {
     return {token_ids_.data() + n.first_token, n.n_tokens};
   }
+  // Every trie token, in trie order (a node's tokens are [first_token, first_token + n_tokens) of it).
+  std::span<const int32_t> trie_token_ids() const { return token_ids_; }
   const std::vector<Added>& added() const { return added_; }
   size_t max_token_bytes() const { return max_bytes_; }
   // The bytes of any id (added tokens: their content); empty for an id without a token.
   std::string_view bytes_of(int32_t id) const;
 
  private:
+  friend class MaskBuilder;
+  // What each plain token does from each lexer state of a JSON string body (token_mask.cpp).
+  struct StringScans;
+  const StringScans& string_scans() const { return *string_scans_; }
+
   int vocab_size_;
   std::vector<Node> nodes_;  // nodes_[0] is the root
   std::vector<int32_t> token_ids_;
   std::vector<Added> added_;
   std::vector<std::string> bytes_;  // by id
   size_t max_bytes_ = 0;
+  std::shared_ptr<const StringScans> string_scans_;  // shared_ptr: StringScans is complete only in the .cpp
 };
 
 // Computes masks for one grammar over one vocabulary, with a cache of masks by matcher state. Thread-safe:
@@ -123,19 +134,31 @@ class MaskBuilder {
 
   // The reference: every token decoded and tried on the matcher one by one. For tests.
   static void fill_reference(const VocabularyIndex& index, const GrammarMatcher& matcher, std::span<uint32_t> mask);
+  // The plain trie walk over every stack, string bodies included, without the cache: the reference that
+  // fill()'s string shortcut must equal. For tests and the benchmark.
+  void fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask);
 
   const VocabularyIndex& index() const { return *index_; }
   size_t cache_hits() const { return hits_; }
   size_t cache_misses() const { return misses_; }
 
  private:
-  void walk(const Grammar& grammar, uint32_t node, size_t depth, std::span<uint32_t> mask);
+  struct Trie;
+  // Sets the bits of the tokens of `trie` below `node` that the state levels_[depth] accepts; a token
+  // whose count in `trie.chars` is over `max_chars` is left out.
+  void walk(const Grammar& grammar, const Trie& trie, uint32_t node, size_t depth, int max_chars,
+            std::span<uint32_t> mask);
+  // ORs into `mask` the tokens a single parse stack, frames[begin, end) with a string body on top, accepts.
+  void fill_string(const Grammar& grammar, const MatchState& state, uint32_t begin, uint32_t end,
+                   std::span<uint32_t> mask);
 
   std::shared_ptr<const VocabularyIndex> index_;
   size_t max_cached_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::vector<uint32_t>> cache_;
   std::vector<MatchState> levels_;  // one state per trie depth, reused between walks
+  MatchState others_;               // the stacks fill_string does not take
+  std::vector<uint32_t> scratch_;   // a string body's mask before it is ORed in
   std::string key_;
   size_t hits_ = 0;
   size_t misses_ = 0;

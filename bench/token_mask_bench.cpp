@@ -5,6 +5,9 @@
 // by one. The first call of a schema runs with an empty mask cache ("cold"); the next ones share the
 // compiled constraint the way concurrent requests of one agent do ("warm"). Prints median and p99 in
 // microseconds against the 50 us goal, plus the plain reference (every token tried on the matcher) once.
+// At each cache miss of a first call (a state's first visit) the old path, the plain trie walk over every
+// stack (MaskBuilder::fill_by_walk), is timed on the same state too, so the string-body shortcut is
+// compared with what it replaced in the same run.
 //
 //   token_mask_bench [--tokenizer DIR] [--calls N]
 #include <algorithm>
@@ -57,7 +60,7 @@ int main(int argc, char** argv) {
   const int32_t im_end = *tokenizer->token_to_id("<|im_end|>");
 
   const auto schemas = agent::testing::typical_tool_schemas();
-  std::vector<double> cold, warm, compile_us;
+  std::vector<double> cold, warm, compile_us, miss_fast, miss_walk, cold_walk;
   std::vector<uint32_t> mask(index->mask_words());
   std::mt19937 rng(1);
   double reference_us = 0;
@@ -81,10 +84,31 @@ int main(int argc, char** argv) {
       const std::string text =
           "<tool_call>\n{\"name\": \"" + tools[0].name + "\", \"arguments\": " + args + "}\n</tool_call>";
       auto constraint = (*compiled)->start();
+      // A second builder over the same index sees the same states first: its misses time the shortcut and
+      // the plain walk on one state, apart from fill_allowed's added-token checks.
+      agent::MaskBuilder probe(index);
+      const auto& matcher = static_cast<agent::GrammarConstraint*>(constraint.get())->matcher();
       for (int32_t id : tokenizer->encode(text)) {
+        double fast_us = 0, walk_us = 0;
+        if (c == 0) {
+          t0 = Clock::now();
+          probe.fill_by_walk(matcher, mask);
+          walk_us = us_since(t0);
+          const size_t misses = probe.cache_misses();
+          t0 = Clock::now();
+          probe.fill(matcher, mask);
+          fast_us = us_since(t0);
+          if (probe.cache_misses() > misses) {
+            miss_fast.push_back(fast_us);
+            miss_walk.push_back(walk_us);
+          } else {
+            walk_us = 0;
+          }
+        }
         t0 = Clock::now();
         constraint->fill_allowed(mask);
         (c == 0 ? cold : warm).push_back(us_since(t0));
+        if (c == 0) cold_walk.push_back(walk_us > 0 ? cold.back() - fast_us + walk_us : cold.back());
         if (!constraint->accept(id).ok()) {
           std::fprintf(stderr, "schema %zu: token %d refused in %s\n", s, id, text.c_str());
           return 1;
@@ -103,8 +127,14 @@ int main(int argc, char** argv) {
   std::printf("schema -> tool-call constraint compile, 10 schemas: total %.1f us, median %.1f us, max %.1f us\n",
               [&] { double t = 0; for (double x : compile_us) t += x; return t; }(), percentile(compile_us, 0.5),
               percentile(compile_us, 1.0));
-  std::printf("mask per step, cold (first call of each schema, %zu steps): median %.1f us, p99 %.1f us\n",
-              cold.size(), percentile(cold, 0.5), percentile(cold, 0.99));
+  std::printf("mask per step, cold (first call of each schema, %zu steps): median %.1f us, p99 %.1f us, max %.1f us\n",
+              cold.size(), percentile(cold, 0.5), percentile(cold, 0.99), percentile(cold, 1.0));
+  std::printf("  same steps, old path (plain trie walk at the misses): median %.1f us, p99 %.1f us, max %.1f us\n",
+              percentile(cold_walk, 0.5), percentile(cold_walk, 0.99), percentile(cold_walk, 1.0));
+  std::printf("  MaskBuilder::fill at its %zu cache misses (first visits of a state): shortcut median %.1f us, p99 %.1f us, max %.1f us; "
+              "plain walk median %.1f us, p99 %.1f us, max %.1f us\n",
+              miss_fast.size(), percentile(miss_fast, 0.5), percentile(miss_fast, 0.99), percentile(miss_fast, 1.0),
+              percentile(miss_walk, 0.5), percentile(miss_walk, 0.99), percentile(miss_walk, 1.0));
   std::printf("mask per step, warm (%d more calls each, %zu steps): median %.1f us, p99 %.1f us\n", calls - 1,
               warm.size(), percentile(warm, 0.5), percentile(warm, 0.99));
   std::printf("mask per step, all: median %.1f us (goal 50 us: %.2fx), p99 %.1f us\n", percentile(all, 0.5),

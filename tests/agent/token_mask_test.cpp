@@ -74,6 +74,56 @@ TEST_CASE("the trie walk's mask equals trying every token on the matcher, at ran
   CHECK(builder.cache_hits() >= 15);
 }
 
+TEST_CASE("the string-body shortcut's mask equals the plain trie walk's, limited strings and odd states too") {
+  // States are taken after every kind of byte a string body can hold: escapes (\n, \", \u00e9), UTF-8 lead
+  // bytes (é, 日本), quotes; strings get random maxLength limits, and an anyOf of strings keeps two stacks in
+  // strings at once.
+  std::mt19937 rng(11);
+  auto schemas = typical_tool_schemas();
+  schemas.push_back(json::parse(R"({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"},
+      {"type": "string", "maxLength": 3}, {"type": "integer"}]}, "b": {"type": "array", "items": {"type":
+      "string"}}}, "required": ["a", "b"], "additionalProperties": false})"));
+  std::vector<uint32_t> fast(qwen3_index()->mask_words()), walked(fast.size()), ref(fast.size());
+  int compared = 0, after_escape = 0, after_lead_byte = 0, limited = 0, referenced = 0;
+  for (size_t s = 0; s < schemas.size(); ++s) {
+    for (int variant = 0; variant < 2; ++variant) {
+      auto grammar = compile_json_schema(schemas[s]);
+      REQUIRE(grammar.ok());
+      if (variant == 1)
+        for (GrammarNode& n : grammar->nodes)
+          if (n.kind == GrammarNodeKind::kString) n.max_length = static_cast<int>(rng() % 10);
+      auto g = std::make_shared<const Grammar>(std::move(*grammar));
+      MaskBuilder builder(qwen3_index());
+      const std::string text = dumps(random_instance(schemas[s], schemas[s], rng), schemas[s], schemas[s]);
+      GrammarMatcher m(g);
+      for (size_t i = 0; i < text.size(); ++i) {
+        const uint8_t prev = i > 0 ? static_cast<uint8_t>(text[i - 1]) : 0;
+        const bool odd = prev == '\\' || prev >= 0xC0 || prev == '"';
+        if (odd || rng() % 8 == 0) {
+          builder.fill(m, fast);
+          builder.fill_by_walk(m, walked);
+          REQUIRE_MESSAGE(fast == walked, text.substr(0, i));
+          ++compared;
+          after_escape += prev == '\\';
+          after_lead_byte += prev >= 0xC0;
+          limited += variant;
+          if (rng() % 16 == 0) {
+            MaskBuilder::fill_reference(*qwen3_index(), m, ref);
+            CHECK(fast == ref);
+            ++referenced;
+          }
+        }
+        if (!m.advance(text.substr(i, 1))) break;  // a string over its random limit: the text ends here
+      }
+    }
+  }
+  CHECK(compared > 200);
+  CHECK(after_escape > 5);
+  CHECK(after_lead_byte > 5);
+  CHECK(limited > 50);
+  CHECK(referenced > 5);
+}
+
 std::string decode(const std::vector<int32_t>& ids) {
   return qwen3_tokenizer().decode(ids);
 }
