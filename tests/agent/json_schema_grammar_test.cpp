@@ -6,6 +6,7 @@
 
 #include "agent/token_mask.h"
 #include "tests/agent/schema_instances.h"
+#include "tools/json_schema_validator.h"
 
 namespace agentserve::agent {
 namespace {
@@ -14,7 +15,6 @@ using testing::dumps;
 using testing::json;
 using testing::random_instance;
 using testing::typical_tool_schemas;
-using testing::validates;
 
 std::shared_ptr<const Grammar> compile(const json& schema) {
   auto g = compile_json_schema(schema);
@@ -31,10 +31,13 @@ bool accepts_document(const std::shared_ptr<const Grammar>& g, const std::string
 TEST_CASE("random valid instances of typical tool schemas are accepted, in json.dumps and compact form") {
   std::mt19937 rng(1);
   for (const json& schema : typical_tool_schemas()) {
+    const Status checked = tools::check_schema(schema);
+    REQUIRE_MESSAGE(checked.ok(), checked.to_string());
     auto g = compile(schema);
     for (int i = 0; i < 60; ++i) {
       const json value = random_instance(schema, schema, rng);
-      REQUIRE(validates(value, schema, schema));
+      const Status valid = tools::validate_json(schema, value);
+      REQUIRE_MESSAGE(valid.ok(), (value.dump() + ": " + valid.to_string()));
       const std::string text = dumps(value, schema, schema);
       CHECK_MESSAGE(accepts_document(g, text), text);
       CHECK_MESSAGE(accepts_document(g, dumps(value, schema, schema, true)), text);
@@ -80,7 +83,8 @@ TEST_CASE("mutated documents are accepted only when they still parse and validat
       if (accepts_document(g, text)) {
         const json parsed = json::parse(text, nullptr, false);
         REQUIRE_MESSAGE(!parsed.is_discarded(), text);
-        CHECK_MESSAGE(validates(parsed, schema, schema), text);
+        const Status valid = tools::validate_json(schema, parsed);
+        CHECK_MESSAGE(valid.ok(), (text + ": " + valid.to_string()));
       } else {
         ++rejected;
       }
@@ -102,6 +106,12 @@ TEST_CASE("semantically invalid documents are refused") {
   CHECK_FALSE(accepts_document(g, "{\"location\": \"\\ud800\", \"unit\": \"celsius\"}"));   // lone surrogate
   CHECK_FALSE(accepts_document(g, "{\"location\": \"\xC3\", \"unit\": \"celsius\"}"));      // broken UTF-8
   CHECK(accepts_document(g, "{\"location\": \"\\u00e9\xE6\x97\xA5\", \"unit\": \"celsius\"}"));
+  // The schema-level refusals are the tools validator's too; key order is the grammar's own rule.
+  for (const char* bad : {R"({"location": "Paris"})", R"({"location": "Paris", "unit": "kelvin"})",
+                          R"({"location": 3, "unit": "celsius"})",
+                          R"({"location": "P", "unit": "celsius", "x": 1})"})
+    CHECK_FALSE_MESSAGE(tools::validate_json(weather, json::parse(bad)).ok(), bad);
+  CHECK(tools::validate_json(weather, json::parse(R"({"unit": "celsius", "location": "Paris"})")).ok());
 
   auto numbers = compile(typical_tool_schemas()[9]);
   const auto doc = [](const std::string& id, const std::string& score) {
@@ -110,6 +120,7 @@ TEST_CASE("semantically invalid documents are refused") {
   CHECK(accepts_document(numbers, doc("-12", "1.5e+3")));
   CHECK(accepts_document(numbers, doc("0", "-0.25")));
   CHECK_FALSE(accepts_document(numbers, doc("1.5", "1")));   // integer with a fraction
+  CHECK_FALSE(tools::validate_json(typical_tool_schemas()[9], json::parse(doc("1.5", "1"))).ok());
   CHECK_FALSE(accepts_document(numbers, doc("01", "1")));    // leading zero
   CHECK_FALSE(accepts_document(numbers, doc("1", "1.")));    // point without digits
   CHECK_FALSE(accepts_document(numbers, doc("1", "1e")));    // exponent without digits

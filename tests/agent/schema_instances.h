@@ -1,9 +1,14 @@
-// Test helpers for constrained decoding: random documents valid under a JSON schema of the supported subset,
-// a plain validator for that subset, and Python json.dumps-style text (", " and ": " separators, or compact).
+// Test helpers for constrained decoding: random documents valid under a JSON schema of the supported subset
+// and Python json.dumps-style text (", " and ": " separators, or compact). Checking a document against its
+// schema is left to tools::validate_json, the validator real tool arguments go through, so the tests hold
+// the grammar to the same rules rather than to a second, test-only reading of JSON Schema.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "nlohmann/json.hpp"
 
@@ -95,42 +100,6 @@ inline std::string dumps(const json& value, const json& schema_in, const json& r
     return s + "}";
   }
   return value.dump();
-}
-
-inline bool validates(const json& value, const json& schema_in, const json& root) {
-  const json& schema = resolve(schema_in, root);
-  if (schema.contains("const")) return value == schema["const"];
-  if (schema.contains("enum")) return std::find(schema["enum"].begin(), schema["enum"].end(), value) != schema["enum"].end();
-  if (schema.contains("anyOf")) {
-    for (const json& option : schema["anyOf"])
-      if (validates(value, option, root)) return true;
-    return false;
-  }
-  json types = schema["type"].is_array() ? schema["type"] : json::array({schema["type"]});
-  for (const json& t : types) {
-    const std::string type = t.get<std::string>();
-    if (type == "null" && value.is_null()) return true;
-    if (type == "boolean" && value.is_boolean()) return true;
-    if (type == "integer" && value.is_number_integer()) return true;
-    if (type == "number" && value.is_number()) return true;
-    if (type == "string" && value.is_string()) return true;
-    if (type == "array" && value.is_array()) {
-      if (static_cast<int>(value.size()) < schema.value("minItems", 0)) continue;
-      if (static_cast<int>(value.size()) > schema.value("maxItems", INT32_MAX)) continue;
-      bool ok = true;
-      for (const json& item : value) ok = ok && validates(item, schema["items"], root);
-      if (ok) return true;
-    }
-    if (type == "object" && value.is_object()) {
-      const json props = schema.value("properties", json::object());
-      bool ok = true;
-      for (auto it = value.begin(); it != value.end(); ++it)
-        ok = ok && props.contains(it.key()) && validates(it.value(), props[it.key()], root);
-      for (const json& r : schema.value("required", json::array())) ok = ok && value.contains(r.get<std::string>());
-      if (ok) return true;
-    }
-  }
-  return false;
 }
 
 // Ten schemas of the kind tools declare, from flat to nested; the grammar and mask tests run them all.
