@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstring>
-#include <deque>
+
+#include "agent/json_string_lexer.h"
 
 namespace agentserve::agent {
 namespace {
@@ -11,17 +11,13 @@ namespace {
 // Frame meanings by node kind (phase, a, b):
 //   root (node -1): phase 0 = value not started, 2 = value running, 1 = value done.
 //   kLiteral: a = bytes matched.
-//   kString: a = lexer state (kStr* below), b = characters so far.
+//   kString: a = lexer state (kStr*, agent/json_string_lexer.h), b = characters so far.
 //   kNumber/kInteger: a = lexer state (kNum* below), b = digits in the current part.
 //   kObject: phase (kObj* below), a = property index (last one begun), b = bytes of its key matched.
 //   kArray: phase (kArr* below), a = items done.
 //   kSequence: a = child running or about to start.
 //   kRepeat: phase 0 = item about to start, 1 = item running, 2 = after an item, 3 = separator running;
 //            a = items done.
-enum StrState : int32_t {
-  kStrOpen, kStrBody, kStrEscape, kStrHex4, kStrHex3, kStrHex2, kStrHex1, kStrCont1, kStrCont2, kStrCont3,
-  kStrE0, kStrED, kStrF0, kStrF4, kStrHexLowSurrogateFree,
-};
 enum NumState : int32_t { kNumStart, kNumMinus, kNumZero, kNumInt, kNumDot, kNumFrac, kNumE, kNumESign, kNumExp };
 enum ObjPhase : int32_t {
   kObjOpen, kObjFirstKey, kObjKey, kObjColon, kObjAfterColon, kObjValue, kObjAfterValue, kObjAfterComma,
@@ -34,9 +30,6 @@ constexpr int kMaxAnyOfNesting = 32;
 
 using Stack = std::vector<MatchFrame>;
 
-bool is_hex(uint8_t c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 bool is_digit(uint8_t c) {
   return c >= '0' && c <= '9';
 }
@@ -44,74 +37,6 @@ bool number_final(int32_t s) {
   return s == kNumZero || s == kNumInt || s == kNumFrac || s == kNumExp;
 }
 
-// A character of a string starts at a byte in the body that is not the closing quote or a continuation.
-bool starts_char(int32_t lexer_state, uint8_t c) {
-  return lexer_state == kStrBody && c != '"' && (c < 0x80 || c >= 0xC0);
-}
-
-// False when `c` is refused; f.a = -1 when the closing quote came.
-bool string_step(MatchFrame& f, uint8_t c) {
-  switch (f.a) {
-    case kStrOpen:
-      if (c != '"') return false;
-      f.a = kStrBody;
-      return true;
-    case kStrBody:
-      if (c == '"') f.a = -1;
-      else if (c == '\\') f.a = kStrEscape;
-      else if (c < 0x20) return false;
-      else if (c < 0x80) f.a = kStrBody;
-      else if (c >= 0xC2 && c <= 0xDF) f.a = kStrCont1;
-      else if (c == 0xE0) f.a = kStrE0;
-      else if (c == 0xED) f.a = kStrED;
-      else if (c >= 0xE1 && c <= 0xEF) f.a = kStrCont2;
-      else if (c == 0xF0) f.a = kStrF0;
-      else if (c >= 0xF1 && c <= 0xF3) f.a = kStrCont3;
-      else if (c == 0xF4) f.a = kStrF4;
-      else return false;
-      return true;
-    case kStrEscape:
-      if (c == 'u') f.a = kStrHex4;
-      else if (std::strchr("\"\\/bfnrt", c) != nullptr && c != 0) f.a = kStrBody;
-      else return false;
-      return true;
-    case kStrHex4:
-      // \uD800-\uDFFF alone is a lone surrogate, which JSON parsers refuse: keep the first hex digit from
-      // starting one.
-      if (c == 'd' || c == 'D') f.a = kStrHexLowSurrogateFree;
-      else if (is_hex(c)) f.a = kStrHex3;
-      else return false;
-      return true;
-    case kStrHexLowSurrogateFree:
-      if (c < '0' || c > '7') return false;
-      f.a = kStrHex2;
-      return true;
-    case kStrHex3:
-    case kStrHex2:
-    case kStrHex1:
-      if (!is_hex(c)) return false;
-      f.a = f.a == kStrHex1 ? kStrBody : f.a + 1;
-      return true;
-    case kStrCont1:
-    case kStrCont2:
-    case kStrCont3:
-      if (c < 0x80 || c > 0xBF) return false;
-      f.a = f.a == kStrCont1 ? kStrBody : f.a - 1;
-      return true;
-    case kStrE0:
-    case kStrED:
-      if (f.a == kStrE0 ? (c < 0xA0 || c > 0xBF) : (c < 0x80 || c > 0x9F)) return false;
-      f.a = kStrCont1;
-      return true;
-    case kStrF0:
-    case kStrF4:
-      if (f.a == kStrF0 ? (c < 0x90 || c > 0xBF) : (c < 0x80 || c > 0x8F)) return false;
-      f.a = kStrCont2;
-      return true;
-    default:
-      return false;
-  }
-}
 
 class Stepper {
  public:
@@ -134,7 +59,7 @@ class Stepper {
       case GrammarNodeKind::kString:
         // Characters are counted only under a limit, so unlimited strings keep one state (and one cached mask) throughout.
         if (n.max_length != INT_MAX && starts_char(f.a, c) && f.b++ >= n.max_length) return;
-        if (string_step(f, c)) {
+        if (string_step(f.a, c)) {
           if (f.a < 0) pop_complete(s);
           emit(s);
         }
@@ -496,143 +421,6 @@ bool GrammarMatcher::added_token_allowed(std::string_view content) const {
   return in_literal && accepts(content);
 }
 
-namespace {
-
-struct TrieEntry {
-  std::string_view bytes;
-  int32_t id;
-  uint16_t chars;
-};
-
-struct OwnedTrie {
-  std::vector<VocabularyIndex::Node> nodes;  // nodes[0] is the root
-  std::vector<int32_t> ids;
-  std::vector<uint16_t> chars;  // by position in `ids`
-};
-
-// A trie of `entries` (sorted here by bytes). Breadth first, so each node's children sit side by side; a node
-// covers the sorted entries [lo, hi) that share its prefix of `depth` bytes (those ending exactly there sort
-// first).
-OwnedTrie build_trie(std::vector<TrieEntry> entries) {
-  std::sort(entries.begin(), entries.end(), [](const TrieEntry& x, const TrieEntry& y) {
-    return x.bytes < y.bytes || (x.bytes == y.bytes && x.id < y.id);
-  });
-  OwnedTrie t;
-  for (const TrieEntry& e : entries) {
-    t.ids.push_back(e.id);
-    t.chars.push_back(e.chars);
-  }
-  struct Pending {
-    uint32_t node, lo, hi;
-    size_t depth;
-  };
-  t.nodes.push_back({});
-  std::deque<Pending> queue{{0, 0, static_cast<uint32_t>(entries.size()), 0}};
-  const auto byte_at = [&](uint32_t i, size_t depth) { return static_cast<uint8_t>(entries[i].bytes[depth]); };
-  while (!queue.empty()) {
-    const Pending p = queue.front();
-    queue.pop_front();
-    uint32_t i = p.lo;
-    t.nodes[p.node].first_token = i;
-    while (i < p.hi && entries[i].bytes.size() == p.depth) ++i;
-    t.nodes[p.node].n_tokens = i - p.lo;
-    t.nodes[p.node].first_child = static_cast<uint32_t>(t.nodes.size());
-    while (i < p.hi) {
-      const uint8_t byte = byte_at(i, p.depth);
-      uint32_t j = i;
-      while (j < p.hi && byte_at(j, p.depth) == byte) ++j;
-      t.nodes.push_back({.byte = byte});
-      queue.push_back({static_cast<uint32_t>(t.nodes.size() - 1), i, j, p.depth + 1});
-      i = j;
-    }
-    t.nodes[p.node].n_children = static_cast<uint32_t>(t.nodes.size()) - t.nodes[p.node].first_child;
-  }
-  return t;
-}
-
-constexpr int32_t kFirstBodyState = kStrBody;
-constexpr int32_t kLastBodyState = kStrHexLowSurrogateFree;
-
-// For one lexer state of a string body, every plain token that the lexer takes whole from there: `inside`
-// ones end still in the string, `closing` ones hold its closing quote (their trie is of the bytes after it).
-// `chars` counts the characters the token adds to the string (what a maxLength limits).
-struct StringScan {
-  std::vector<uint32_t> inside_bits;
-  std::vector<int32_t> inside_ids;     // ascending by chars
-  std::vector<uint16_t> inside_chars;  // parallel to inside_ids
-  OwnedTrie closing;
-};
-
-}  // namespace
-
-struct VocabularyIndex::StringScans {
-  StringScan by_state[kLastBodyState + 1];  // indexed by lexer state; kStrOpen never rests on a stack
-};
-
-VocabularyIndex::VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size)
-    : vocab_size_(std::max(mask_vocab_size, tokenizer.vocab_size())) {
-  bytes_.resize(static_cast<size_t>(tokenizer.vocab_size()));
-  std::vector<TrieEntry> plain;
-  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
-    std::string& bytes = bytes_[static_cast<size_t>(id)];
-    if (tokenizer.is_added(id)) {
-      // Added tokens decode to their content (token_bytes would hand back the same text).
-      bytes = std::string(tokenizer.id_to_token(id));
-      if (!bytes.empty()) added_.push_back({id, bytes});
-      continue;
-    }
-    bytes = std::string(tokenizer.token_bytes(id));
-    if (bytes.empty()) continue;
-    plain.push_back({bytes, id, 0});
-    max_bytes_ = std::max(max_bytes_, bytes.size());
-  }
-
-  auto scans = std::make_shared<StringScans>();
-  std::vector<TrieEntry> closing[kLastBodyState + 1];
-  std::vector<std::pair<uint16_t, int32_t>> inside[kLastBodyState + 1];
-  for (const TrieEntry& e : plain) {
-    for (int32_t state = kFirstBodyState; state <= kLastBodyState; ++state) {
-      MatchFrame f{.node = 0, .phase = 0, .a = state, .b = 0};
-      uint16_t chars = 0;
-      size_t i = 0;
-      bool refused = false;
-      for (; i < e.bytes.size() && f.a >= 0; ++i) {
-        const uint8_t c = static_cast<uint8_t>(e.bytes[i]);
-        const bool starts = starts_char(f.a, c);
-        if (!string_step(f, c)) {
-          refused = true;
-          break;
-        }
-        if (starts && chars < UINT16_MAX) ++chars;
-      }
-      if (refused) continue;
-      if (f.a < 0) closing[state].push_back({e.bytes.substr(i), e.id, chars});
-      else inside[state].push_back({chars, e.id});
-    }
-  }
-  for (int32_t state = kFirstBodyState; state <= kLastBodyState; ++state) {
-    StringScan& scan = scans->by_state[state];
-    std::sort(inside[state].begin(), inside[state].end());
-    scan.inside_bits.assign(mask_words(), 0u);
-    for (const auto& [chars, id] : inside[state]) {
-      scan.inside_ids.push_back(id);
-      scan.inside_chars.push_back(chars);
-      scan.inside_bits[static_cast<size_t>(id) / 32] |= 1u << (id % 32);
-    }
-    scan.closing = build_trie(std::move(closing[state]));
-  }
-  string_scans_ = std::move(scans);
-
-  OwnedTrie trie = build_trie(std::move(plain));
-  nodes_ = std::move(trie.nodes);
-  token_ids_ = std::move(trie.ids);
-}
-
-std::string_view VocabularyIndex::bytes_of(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= bytes_.size()) return {};
-  return bytes_[static_cast<size_t>(id)];
-}
-
 struct MaskBuilder::Trie {
   const VocabularyIndex::Node* nodes;
   const int32_t* ids;
@@ -693,7 +481,7 @@ void MaskBuilder::fill_string(const Grammar& grammar, const MatchState& state, u
                               std::span<uint32_t> mask) {
   const MatchFrame& top = state.frames[end - 1];
   const GrammarNode& n = grammar.nodes[static_cast<size_t>(top.node)];
-  const StringScan& scan = index_->string_scans().by_state[top.a];
+  const VocabularyIndex::StringScan& scan = index_->string_scan(top.a);
   const int max_chars = n.max_length == INT_MAX ? INT_MAX : std::max(0, n.max_length - top.b);
   const auto set = [&](int32_t id) { mask[static_cast<size_t>(id) / 32] |= 1u << (id % 32); };
 
@@ -718,7 +506,7 @@ void MaskBuilder::fill_string(const Grammar& grammar, const MatchState& state, u
   }
 
   // Tokens that close the string: the stack with the string popped must take the bytes after the quote.
-  const OwnedTrie& closing = scan.closing;
+  const VocabularyIndex::OwnedTrie& closing = scan.closing;
   const VocabularyIndex::Node& root = closing.nodes[0];
   for (uint32_t i = root.first_token; i < root.first_token + root.n_tokens; ++i)
     if (closing.chars[i] <= max_chars) set(closing.ids[i]);

@@ -1,11 +1,11 @@
 // Token mask for grammar-constrained decoding: a byte-level matcher over a Grammar (agent/json_schema_grammar.h)
-// that advances incrementally as tokens are accepted, and a vocabulary index (a trie of every token's bytes)
-// that turns a matcher state into the bitmask of tokens allowed next in one walk: tokens sharing a prefix share
-// the matcher work for it, and a subtree is cut as soon as its prefix is refused. Masks are cached per matcher
-// state, so the states a generation revisits (inside a string, between properties) cost a copy. A parse stack
-// inside a JSON string body skips the walk: what a token does there (stay inside, break the string, or close
-// it and go on with the bytes after the quote) does not depend on the schema, so the index precomputes it
-// once per lexer state, and the mask is a copy of a bitset plus a walk over the few suffixes after a quote.
+// that advances incrementally as tokens are accepted, and a mask builder that turns a matcher state into the
+// bitmask of tokens allowed next in one walk over the vocabulary index's trie (agent/vocabulary_index.h):
+// tokens sharing a prefix share the matcher work for it, and a subtree is cut as soon as its prefix is refused.
+// Masks are cached per matcher state, so the states a generation revisits (inside a string, between
+// properties) cost a copy. A parse stack inside a JSON string body skips the walk: what a token does there
+// does not depend on the schema, so the mask is the index's precomputed bitset for that lexer state plus a
+// walk over the few suffixes after a closing quote.
 //
 // The matcher is a set of parse stacks (anyOf and optional properties fork them; dead ones are dropped), so it
 // needs no backtracking and never re-parses. It must never accept bytes the grammar does not describe; a
@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "agent/json_schema_grammar.h"
-#include "engine/tokenizer.h"
+#include "agent/vocabulary_index.h"
 
 namespace agentserve::agent {
 
@@ -74,53 +74,6 @@ class GrammarMatcher {
   std::shared_ptr<const Grammar> grammar_;
   MatchState state_;
   mutable MatchState scratch_[2];
-};
-
-// The tokenizer's vocabulary as a trie of byte strings (added tokens apart). Built once per tokenizer and
-// shared read-only by every constraint.
-class VocabularyIndex {
- public:
-  struct Node {
-    uint32_t first_child = 0;
-    uint32_t n_children = 0;
-    uint32_t first_token = 0;  // tokens whose bytes end here: token_ids_[first_token, first_token + n_tokens)
-    uint32_t n_tokens = 0;
-    uint8_t byte = 0;
-  };
-  struct Added {
-    int32_t id;
-    std::string content;
-  };
-
-  explicit VocabularyIndex(const engine::Tokenizer& tokenizer, int mask_vocab_size = 0);
-
-  // Mask words: (mask_vocab_size + 31) / 32 (mask_vocab_size defaults to the tokenizer's vocab size).
-  size_t mask_words() const { return static_cast<size_t>((vocab_size_ + 31) / 32); }
-  int vocab_size() const { return vocab_size_; }
-  const std::vector<Node>& nodes() const { return nodes_; }
-  std::span<const int32_t> tokens_at(const Node& n) const {
-    return {token_ids_.data() + n.first_token, n.n_tokens};
-  }
-  // Every trie token, in trie order (a node's tokens are [first_token, first_token + n_tokens) of it).
-  std::span<const int32_t> trie_token_ids() const { return token_ids_; }
-  const std::vector<Added>& added() const { return added_; }
-  size_t max_token_bytes() const { return max_bytes_; }
-  // The bytes of any id (added tokens: their content); empty for an id without a token.
-  std::string_view bytes_of(int32_t id) const;
-
- private:
-  friend class MaskBuilder;
-  // What each plain token does from each lexer state of a JSON string body (token_mask.cpp).
-  struct StringScans;
-  const StringScans& string_scans() const { return *string_scans_; }
-
-  int vocab_size_;
-  std::vector<Node> nodes_;  // nodes_[0] is the root
-  std::vector<int32_t> token_ids_;
-  std::vector<Added> added_;
-  std::vector<std::string> bytes_;  // by id
-  size_t max_bytes_ = 0;
-  std::shared_ptr<const StringScans> string_scans_;  // shared_ptr: StringScans is complete only in the .cpp
 };
 
 // Computes masks for one grammar over one vocabulary, with a cache of masks by matcher state. Thread-safe:
