@@ -21,8 +21,8 @@
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
-using agentserve::test::HttpReply;
-using agentserve::test::KeepAliveClient;
+using agentserve::testing::HttpReply;
+using agentserve::testing::KeepAliveClient;
 using nlohmann::json;
 
 namespace {
@@ -30,18 +30,18 @@ namespace {
 constexpr const char* kKeyA = "sk-test-tenant-a";
 constexpr const char* kKeyB = "sk-test-tenant-b";
 
-agentserve::test::ServerProcess& server() {
-  static agentserve::test::ServerProcess process(
+agentserve::testing::ServerProcess& server() {
+  static agentserve::testing::ServerProcess process(
       R"({"api_keys": [{"tenant": "a", "key": "sk-test-tenant-a"}, {"tenant": "b", "key": "sk-test-tenant-b"}]})");
   return process;
 }
 
 HttpReply post(const std::string& target, const json& body, const std::string& key = kKeyA) {
-  return agentserve::test::http_request(server().port, http::verb::post, target, body.dump(), key);
+  return agentserve::testing::http_request(server().port(), http::verb::post, target, body.dump(), key);
 }
 
 HttpReply get(const std::string& target, const std::string& key = kKeyA) {
-  return agentserve::test::http_request(server().port, http::verb::get, target, "", key);
+  return agentserve::testing::http_request(server().port(), http::verb::get, target, "", key);
 }
 
 // A request as the openai Python package sends it.
@@ -227,8 +227,8 @@ TEST_CASE("special-token text in a user message is tokenized as plain text, not 
 }
 
 TEST_CASE("bad chat completion bodies get 400 (or 404 for a wrong model) in OpenAI's error shape") {
-  check_error_shape(agentserve::test::http_request(server().port, http::verb::post, "/v1/chat/completions",
-                                                   "{not json", kKeyA),
+  check_error_shape(agentserve::testing::http_request(server().port(), http::verb::post,
+                                                      "/v1/chat/completions", "{not json", kKeyA),
                     400, "");
   json no_messages = stock_request(4, false);
   no_messages.erase("messages");
@@ -268,7 +268,7 @@ TEST_CASE("with keys configured, a wrong or missing key gets 401 and health chec
 }
 
 TEST_CASE("keep-alive: several requests, streamed or not, share one connection") {
-  KeepAliveClient client(server().port);
+  KeepAliveClient client(server().port());
   const HttpReply models = client.request(http::verb::get, "/v1/models", "", kKeyA);
   CHECK(models.status == 200);
   CHECK(models.keep_alive);
@@ -288,7 +288,7 @@ TEST_CASE("session REST: the owner gets and deletes a session, another tenant ge
   // A session made over the WebSocket API by tenant a.
   net::io_context ioc;
   beast::websocket::stream<net::ip::tcp::socket> ws(ioc);
-  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(server().port)});
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(server().port())});
   ws.set_option(beast::websocket::stream_base::decorator([](beast::websocket::request_type& req) {
     req.set(http::field::authorization, std::string("Bearer ") + kKeyA);
   }));
@@ -306,11 +306,11 @@ TEST_CASE("session REST: the owner gets and deletes a session, another tenant ge
   REQUIRE_MESSAGE(mine.status == 200, mine.body);
   CHECK(json::parse(mine.body)["id"] == session_id);
   check_error_shape(get(target, kKeyB), 404, "");
-  check_error_shape(agentserve::test::http_request(server().port, http::verb::delete_, target, "", kKeyB),
-                    404, "");
+  check_error_shape(
+      agentserve::testing::http_request(server().port(), http::verb::delete_, target, "", kKeyB), 404, "");
   check_error_shape(get("/v1/sessions/s_doesnotexist"), 404, "");
   const HttpReply deleted =
-      agentserve::test::http_request(server().port, http::verb::delete_, target, "", kKeyA);
+      agentserve::testing::http_request(server().port(), http::verb::delete_, target, "", kKeyA);
   REQUIRE_MESSAGE(deleted.status == 200, deleted.body);
   CHECK(json::parse(deleted.body)["deleted"] == true);
   check_error_shape(get(target), 404, "");
@@ -353,7 +353,7 @@ TEST_CASE("a client that disconnects mid-stream cancels its engine request") {
   };
   const double before = cancelled();
   {
-    KeepAliveClient client(server().port);
+    KeepAliveClient client(server().port());
     json request = stock_request(4000, true);
     http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
     req.set(http::field::host, "127.0.0.1");
@@ -375,7 +375,7 @@ TEST_CASE("a client that disconnects mid-stream cancels its engine request") {
 }
 
 TEST_CASE("SIGTERM during a streamed chat completion lets it finish within the grace period, then exit 0") {
-  KeepAliveClient client(server().port);
+  KeepAliveClient client(server().port());
   http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
   req.set(http::field::host, "127.0.0.1");
   req.set(http::field::authorization, std::string("Bearer ") + kKeyA);
@@ -386,7 +386,7 @@ TEST_CASE("SIGTERM during a streamed chat completion lets it finish within the g
   parser.body_limit(16 << 20);
   http::read_header(client.socket(), client.buffer(), parser);
   REQUIRE(parser.get().result_int() == 200);
-  ::kill(server().pid, SIGTERM);
+  ::kill(server().pid(), SIGTERM);
   beast::error_code ec;
   http::read(client.socket(), client.buffer(), parser, ec);
   REQUIRE_MESSAGE(!ec, ec.message());

@@ -11,8 +11,8 @@
 
 namespace {
 
-agentserve::test::ServerProcess& server() {
-  static agentserve::test::ServerProcess process;
+agentserve::testing::ServerProcess& server() {
+  static agentserve::testing::ServerProcess process(/*config_json=*/"");
   return process;
 }
 
@@ -31,7 +31,7 @@ constexpr const char* kSessionArgs =
 TEST_CASE("the C++ chat client runs a session, drops its connection mid-answer and resumes") {
   REQUIRE(std::filesystem::exists(chat_client()));
   std::string command = "'";
-  command.append(chat_client().string()).append("' --port ").append(std::to_string(server().port));
+  command.append(chat_client().string()).append("' --port ").append(std::to_string(server().port()));
   command.append(kSessionArgs);
   CHECK(std::system(command.c_str()) == 0);
 }
@@ -48,7 +48,7 @@ TEST_CASE("the Python client runs a session, drops its connection mid-answer and
                                    "(Debian package python3-websockets)");
   std::string command = python;
   command.append(" '" AGENTSERVE_SOURCE_DIR "/examples/python_client.py' --url ws://127.0.0.1:")
-      .append(std::to_string(server().port))
+      .append(std::to_string(server().port()))
       .append("/v1/ws")
       .append(kSessionArgs);
   CHECK(std::system(command.c_str()) == 0);

@@ -32,7 +32,7 @@
 
 namespace http = boost::beast::http;
 namespace net = boost::asio;
-using agentserve::test::ServerProcess;
+using agentserve::testing::ServerProcess;
 using nlohmann::json;
 
 namespace {
@@ -50,7 +50,7 @@ struct ModerationService : agentserve::agent::testing::ModerationServiceProcess 
     REQUIRE_MESSAGE(ok(), "examples/moderation_service.py did not announce its port");
   }
   int requests() const {
-    const auto reply = agentserve::test::http_request(port(), http::verb::get, "/stats");
+    const auto reply = agentserve::testing::http_request(port(), http::verb::get, "/stats");
     return json::parse(reply.body)["requests"].get<int>();
   }
 };
@@ -160,7 +160,7 @@ std::string lower(std::string s) {
 
 // The value of one series in a /metrics text (0 when absent).
 double metric(int port, const std::string& series) {
-  const auto reply = agentserve::test::http_request(port, http::verb::get, "/metrics", "", kStrictKey);
+  const auto reply = agentserve::testing::http_request(port, http::verb::get, "/metrics", "", kStrictKey);
   REQUIRE(reply.status == 200);
   std::istringstream in(reply.body);
   std::string line;
@@ -182,14 +182,14 @@ const Baseline& baseline() {
     ServerProcess server(
         R"({"api_keys": [{"tenant": "strict", "key": "sk-strict"}, {"tenant": "lenient", "key": "sk-lenient"}]})");
     Baseline out;
-    const RawReply reply = raw_post(server.port, chat_request(true), kStrictKey);
+    const RawReply reply = raw_post(server.port(), chat_request(true), kStrictKey);
     REQUIRE(reply.status == 200);
     const Stream s = parse_stream(reply.body);
     REQUIRE(s.done);
     REQUIRE(s.error.is_null());
     out.deltas = s.deltas;
     out.content = s.content;
-    const RawReply whole = raw_post(server.port, chat_request(false), kStrictKey);
+    const RawReply whole = raw_post(server.port(), chat_request(false), kStrictKey);
     REQUIRE(whole.status == 200);
     const json body = json::parse(whole.body);
     CHECK(body["choices"][0]["message"]["content"] == out.content);
@@ -270,7 +270,7 @@ TEST_CASE("clean output passes moderation, streams in windows, and the service a
   CHECK(!b.content.empty());
   ModerationService service({"--secret", kSecret});
   ServerProcess server(server_config(service.url()));
-  const RawReply reply = raw_post(server.port, chat_request(true), kStrictKey);
+  const RawReply reply = raw_post(server.port(), chat_request(true), kStrictKey);
   REQUIRE(reply.status == 200);
   const Stream s = parse_stream(reply.body);
   CHECK(s.done);
@@ -281,16 +281,16 @@ TEST_CASE("clean output passes moderation, streams in windows, and the service a
   CHECK((s.finish_reason == "length" || s.finish_reason == "stop"));
   // The service verifies every signature (401 otherwise, which would block): each window was one check.
   CHECK(service.requests() >= (b.completion_tokens + kWindow - 1) / kWindow);
-  CHECK(metric(server.port, R"(agentserve_moderation_checks_total{kind="output_text",verdict="allowed"})") >=
-        1);
-  CHECK(metric(server.port, "agentserve_moderation_latency_seconds_count") >= 1);
-  CHECK(metric(server.port, "agentserve_moderation_blocked_responses_total") == 0);
+  CHECK(metric(server.port(),
+               R"(agentserve_moderation_checks_total{kind="output_text",verdict="allowed"})") >= 1);
+  CHECK(metric(server.port(), "agentserve_moderation_latency_seconds_count") >= 1);
+  CHECK(metric(server.port(), "agentserve_moderation_blocked_responses_total") == 0);
 }
 
 TEST_CASE("a wrong signing secret is refused by the service and blocks under fail-closed") {
   ModerationService service({"--secret", "whsec_b3RoZXItc2VjcmV0"});
   ServerProcess server(server_config(service.url()));
-  const RawReply reply = raw_post(server.port, chat_request(true), kStrictKey);
+  const RawReply reply = raw_post(server.port(), chat_request(true), kStrictKey);
   REQUIRE(reply.status == 200);
   const Stream s = parse_stream(reply.body);
   CHECK(s.content.empty());
@@ -308,7 +308,7 @@ TEST_CASE("a flagged window blocks: no byte of it or after it reaches the client
   ModerationService service({"--secret", kSecret, "--flag", flag->word + "=violence"});
   ServerProcess server(server_config(service.url(), R"(, "check_input": true)"));
 
-  const RawReply reply = raw_post(server.port, chat_request(true), kStrictKey);
+  const RawReply reply = raw_post(server.port(), chat_request(true), kStrictKey);
   REQUIRE(reply.status == 200);
   CHECK_MESSAGE(lower(reply.bytes).find(lower(flag->word)) == std::string::npos, reply.bytes);
   const Stream s = parse_stream(reply.body);
@@ -327,7 +327,7 @@ TEST_CASE("a flagged window blocks: no byte of it or after it reaches the client
   else
     CHECK(s.content.size() <= passed.size());
 
-  const RawReply whole = raw_post(server.port, chat_request(false), kStrictKey);
+  const RawReply whole = raw_post(server.port(), chat_request(false), kStrictKey);
   REQUIRE(whole.status == 200);
   CHECK(lower(whole.bytes).find(lower(flag->word)) == std::string::npos);
   const json body = json::parse(whole.body);
@@ -336,15 +336,15 @@ TEST_CASE("a flagged window blocks: no byte of it or after it reaches the client
   CHECK(body["choices"][0]["content_filter_results"]["categories"] == json::array({"violence"}));
 
   // check_input: the same word typed by the user is refused before anything is generated.
-  const RawReply input = raw_post(server.port, chat_request(false, "please " + flag->word), kStrictKey);
+  const RawReply input = raw_post(server.port(), chat_request(false, "please " + flag->word), kStrictKey);
   CHECK(input.status == 400);
   CHECK(json::parse(input.body)["error"]["code"] == "moderation_blocked");
 
-  CHECK(metric(server.port, "agentserve_moderation_blocked_responses_total") == 3);
-  CHECK(metric(server.port, R"(agentserve_moderation_checks_total{kind="output_text",verdict="flagged"})") >=
-        2);
-  CHECK(metric(server.port, R"(agentserve_moderation_checks_total{kind="input",verdict="flagged"})") == 1);
-  CHECK(metric(server.port, R"(agentserve_requests_total{status="blocked"})") == 2);
+  CHECK(metric(server.port(), "agentserve_moderation_blocked_responses_total") == 3);
+  CHECK(metric(server.port(),
+               R"(agentserve_moderation_checks_total{kind="output_text",verdict="flagged"})") >= 2);
+  CHECK(metric(server.port(), R"(agentserve_moderation_checks_total{kind="input",verdict="flagged"})") == 1);
+  CHECK(metric(server.port(), R"(agentserve_requests_total{status="blocked"})") == 2);
 }
 
 TEST_CASE("webhook failures block with their reason under fail-closed and pass under a fail-open tenant") {
@@ -374,7 +374,7 @@ TEST_CASE("webhook failures block with their reason under fail-closed and pass u
       url = service->url();
     }
     ServerProcess server(server_config(url));
-    const RawReply strict = raw_post(server.port, chat_request(true), kStrictKey);
+    const RawReply strict = raw_post(server.port(), chat_request(true), kStrictKey);
     REQUIRE(strict.status == 200);
     const Stream s = parse_stream(strict.body);
     CHECK(s.content.empty());
@@ -382,22 +382,22 @@ TEST_CASE("webhook failures block with their reason under fail-closed and pass u
     CHECK(s.error["reason"] == mode.reason);
     CHECK(s.done);
 
-    const RawReply lenient = raw_post(server.port, chat_request(true), kLenientKey);
+    const RawReply lenient = raw_post(server.port(), chat_request(true), kLenientKey);
     REQUIRE(lenient.status == 200);
     const Stream l = parse_stream(lenient.body);
     CHECK(l.error.is_null());
     CHECK(l.content == b.content);
     // The WebSocket's moderation.blocked names the same reason.
-    const std::vector<std::string> frames = ws_response(server.port, kStrictKey, "Say hello.");
+    const std::vector<std::string> frames = ws_response(server.port(), kStrictKey, "Say hello.");
     const json blocked = ws_event(frames, "moderation.blocked");
     REQUIRE(blocked.is_object());
     CHECK(blocked["reason"] == mode.reason);
     CHECK(blocked["categories"] == json::array());
     CHECK(ws_event(frames, "response.done")["response"]["status"] == "blocked");
     CHECK(ws_deltas(frames).empty());
-    CHECK(metric(server.port,
+    CHECK(metric(server.port(),
                  std::string("agentserve_moderation_failures_total{reason=\"") + mode.reason + "\"}") >= 2);
-    CHECK(metric(server.port,
+    CHECK(metric(server.port(),
                  R"(agentserve_moderation_checks_total{kind="output_text",verdict="failed_passed"})") >= 1);
   }
 }
@@ -407,7 +407,7 @@ TEST_CASE("WebSocket: a flagged window blocks the response and no frame carries 
   Baseline b;
   {
     ServerProcess plain(R"({"api_keys": [{"tenant": "strict", "key": "sk-strict"}]})");
-    b.deltas = ws_deltas(ws_response(plain.port, kStrictKey, "Say hello."));
+    b.deltas = ws_deltas(ws_response(plain.port(), kStrictKey, "Say hello."));
     for (const std::string& d : b.deltas) b.content += d;
     b.completion_tokens = static_cast<int>(b.deltas.size());
   }
@@ -416,7 +416,7 @@ TEST_CASE("WebSocket: a flagged window blocks the response and no frame carries 
   MESSAGE("flagging '" << flag->word << "' (delta " << flag->index << " of " << b.deltas.size() << ")");
   ModerationService service({"--secret", kSecret, "--flag", flag->word + "=violence"});
   ServerProcess server(server_config(service.url()));
-  const std::vector<std::string> frames = ws_response(server.port, kStrictKey, "Say hello.");
+  const std::vector<std::string> frames = ws_response(server.port(), kStrictKey, "Say hello.");
   std::string received;
   for (const std::string& frame : frames) {
     CHECK_MESSAGE(lower(frame).find(lower(flag->word)) == std::string::npos, frame);
@@ -433,8 +433,8 @@ TEST_CASE("WebSocket: a flagged window blocks the response and no frame carries 
   CHECK(blocked["categories"] == json::array({"violence"}));
   CHECK(blocked["reason"] == "flagged");
   CHECK(ws_event(frames, "response.done")["response"]["status"] == "blocked");
-  CHECK(metric(server.port, R"(agentserve_moderation_checks_total{kind="output_text",verdict="flagged"})") >=
-        1);
+  CHECK(metric(server.port(),
+               R"(agentserve_moderation_checks_total{kind="output_text",verdict="flagged"})") >= 1);
 }
 
 TEST_CASE("the --moderation-* flags configure moderation; a typo in the moderation section stops serve") {
@@ -444,13 +444,13 @@ TEST_CASE("the --moderation-* flags configure moderation; a typo in the moderati
   ServerProcess server(
       "", {"--moderation-url", service.url(), "--moderation-secret", "not-this-one", "--moderation-secret",
            kSecret, "--moderation-window", "4", "--moderation-timeout-ms", "500"});
-  const auto reply = agentserve::test::http_request(server.port, http::verb::post, "/v1/chat/completions",
-                                                    chat_request(false).dump());
+  const auto reply = agentserve::testing::http_request(server.port(), http::verb::post,
+                                                       "/v1/chat/completions", chat_request(false).dump());
   REQUIRE_MESSAGE(reply.status == 200, reply.body);
   CHECK(json::parse(reply.body)["choices"][0]["message"]["content"] == b.content);
   CHECK(service.requests() >= (b.completion_tokens + kWindow - 1) / kWindow);
 
-  const std::string config = server.dir / "bad.json";
+  const std::string config = server.dir() / "bad.json";
   FILE* f = std::fopen(config.c_str(), "w");
   REQUIRE(f != nullptr);
   std::fputs(R"({"moderation": {"url": "http://127.0.0.1:9/", "windw_tokens": 8}})", f);
@@ -549,7 +549,7 @@ std::string spec_signature(const std::string& key, const RecordingWebhook::Seen&
 TEST_CASE("the signature the webhook receives is the one the Standard Webhooks spec computes") {
   RecordingWebhook webhook;  // declared first: the server (and its connections) go before it
   ServerProcess server(server_config("http://127.0.0.1:" + std::to_string(webhook.port()) + "/moderate"));
-  const RawReply reply = raw_post(server.port, chat_request(false), kStrictKey);
+  const RawReply reply = raw_post(server.port(), chat_request(false), kStrictKey);
   REQUIRE(reply.status == 200);
   const auto seen = webhook.seen();
   REQUIRE(!seen.empty());

@@ -16,10 +16,10 @@
 #include "ws_test_client.h"
 
 namespace http = boost::beast::http;
-using agentserve::test::ServerProcess;
 using agentserve::testing::Client;
 using agentserve::testing::named_tool_choice;
 using agentserve::testing::narrowed_server_tool;
+using agentserve::testing::ServerProcess;
 using nlohmann::json;
 
 namespace {
@@ -78,7 +78,7 @@ std::vector<json> of_type(const std::vector<json>& events, const std::string& ty
 }
 
 int session_items(int port, const std::string& id) {
-  const auto reply = agentserve::test::http_request(port, http::verb::get, "/v1/sessions/" + id, "", kKey);
+  const auto reply = agentserve::testing::http_request(port, http::verb::get, "/v1/sessions/" + id, "", kKey);
   REQUIRE(reply.status == 200);
   return json::parse(reply.body)["items"];
 }
@@ -97,7 +97,7 @@ TEST_CASE(
   ModerationService service({"--secret", kSecret, "--flag", "forbidden=hate"});
   const auto dir = agentserve::testing::scratch_dir("server_ws_moderation_test", "input");
   ServerProcess server(server_config(service.url()), server_args(dir));
-  Client client(server.port, kKey);
+  Client client(server.port(), kKey);
   const std::string id = create_session(client);
 
   const std::vector<json> events = respond(client, "tell me something forbidden");
@@ -112,21 +112,21 @@ TEST_CASE(
   CHECK(done["response"]["status"] == "blocked");
   CHECK(done["response"]["steps"] == 0);
   CHECK(done["response"]["usage"]["completion_tokens"] == 0);
-  CHECK(session_items(server.port, id) == 0);
+  CHECK(session_items(server.port(), id) == 0);
 
   // The session goes on: a clean item is answered, and only it and the answer are in the conversation.
   const std::vector<json> clean = respond(client, "Say hello.");
   CHECK(of_type(clean, "moderation.blocked").empty());
   CHECK(clean.back()["response"]["status"] != "blocked");
   CHECK(clean.back()["response"]["status"] != "failed");
-  CHECK(session_items(server.port, id) == 2);
+  CHECK(session_items(server.port(), id) == 2);
 }
 
 TEST_CASE("check_tool_results: a flagged client tool output reaches the model only as withheld") {
   ModerationService service({"--secret", kSecret, "--flag", "forbidden=violence"});
   const auto dir = agentserve::testing::scratch_dir("server_ws_moderation_test", "tool_output");
   ServerProcess server(server_config(service.url()), server_args(dir));
-  Client client(server.port, kKey);
+  Client client(server.port(), kKey);
   const json weather = {{"type", "function"},
                         {"name", "get_weather"},
                         {"parameters",
@@ -169,7 +169,7 @@ TEST_CASE("a flagged tool argument stops the tool from running: the note is not 
   {
     ModerationService service({"--secret", kSecret, "--flag-kind", "tool_arguments"});
     ServerProcess server(server_config(service.url()), server_args(dir));
-    Client client(server.port, kKey);
+    Client client(server.port(), kKey);
     create_session(client, json::array({memory_tool("memory_write", key)}), named_tool_choice("memory_write"), 1);
     const std::vector<json> events = respond(client, "Remember the plan.");
     const auto blocked = of_type(events, "moderation.blocked");
@@ -185,7 +185,7 @@ TEST_CASE("a flagged tool argument stops the tool from running: the note is not 
   // The same data dir without moderation: the agent reads that key and finds nothing; then, as a control,
   // a write of that key unmoderated is read back.
   ServerProcess server(server_config(""), server_args(dir));
-  Client client(server.port, kKey);
+  Client client(server.port(), kKey);
   auto read_note = [&] {
     create_session(client, json::array({memory_tool("memory_read", key)}), named_tool_choice("memory_read"), 1);
     const std::vector<json> events = respond(client, "What is the plan?");

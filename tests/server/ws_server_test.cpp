@@ -32,7 +32,7 @@ SharedServer& server() {
 }
 
 HttpReply get(const std::string& target) {
-  return http_get(server().port(), target);
+  return http_request(server().port(), http::verb::get, target);
 }
 
 // A client of the shared server.

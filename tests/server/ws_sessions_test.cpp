@@ -86,9 +86,12 @@ TEST_CASE("a wrong or missing API key is refused with 401; tenants never see eac
   Fixture f("auth");
   ServerProcess server;
   server.start(f.args());
-  CHECK(http_get(server.port(), "/v1/ws", "", /*upgrade=*/true).status == 401);
-  CHECK(http_get(server.port(), "/v1/ws", "wrong-key", /*upgrade=*/true).status == 401);
-  CHECK(http_get(server.port(), "/v1/ws", kAlphaKey, /*upgrade=*/true).status == 101);
+  const auto upgrade_status = [&](const std::string& key) {
+    return http_request(server.port(), http::verb::get, "/v1/ws", "", key, /*websocket_upgrade=*/true).status;
+  };
+  CHECK(upgrade_status("") == 401);
+  CHECK(upgrade_status("wrong-key") == 401);
+  CHECK(upgrade_status(kAlphaKey) == 101);
 
   Client alpha(server.port(), kAlphaKey);
   const std::string id = create_session(alpha, 4);
