@@ -1,7 +1,5 @@
 #include "server/agent_response.h"
 
-#include <random>
-
 #include <spdlog/spdlog.h>
 
 #include "agent/chat_template.h"
@@ -30,15 +28,6 @@ std::string arguments_text(const agent::Json& arguments) {
   return agent::python_json_dumps(arguments);
 }
 
-// For an open call whose id was never recorded (a transcript written before ids were kept).
-std::string fresh_call_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "call_";
-  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
-  return id;
-}
-
 // A server tool's declaration with its own `parameters` narrows the registered schema for this session.
 Status narrow_server_tool(const json& declaration, tools::ToolSpec& spec) {
   const json& body = declaration.contains("function") ? declaration["function"] : declaration;
@@ -48,27 +37,6 @@ Status narrow_server_tool(const json& declaration, tools::ToolSpec& spec) {
     return Status::invalid_argument("tool " + spec.name + ": \"parameters\" must be a JSON Schema object");
   spec.parameters = *parameters;
   return Status::ok_status();
-}
-
-// The calls of the session's last step when it is an assistant message that no tool result follows.
-std::vector<agent::TurnToolCall> open_step_calls(const std::vector<ConversationMessage>& messages,
-                                                 const std::vector<tools::ToolSpec>& tools) {
-  std::vector<agent::TurnToolCall> calls;
-  if (messages.empty() || messages.back().role != "assistant") return calls;
-  for (const auto& entry : messages.back().tool_calls) {
-    agent::TurnToolCall call;
-    call.call_id =
-        entry.contains("id") && entry["id"].is_string() ? entry["id"].get<std::string>() : fresh_call_id();
-    call.name = entry.value("name", "");
-    call.arguments = entry.contains("arguments") && entry["arguments"].is_object() ? entry["arguments"]
-                                                                                   : agent::Json::object();
-    // A tool the session no longer declares is answered like a server call: with an error result.
-    call.execution = tools::ToolExecution::kServer;
-    for (const tools::ToolSpec& spec : tools)
-      if (spec.name == call.name) call.execution = spec.execution;
-    calls.push_back(std::move(call));
-  }
-  return calls;
 }
 
 ConversationMessage to_conversation(const agent::Message& message) {
@@ -201,8 +169,7 @@ Result<std::shared_ptr<AgentResponse>> AgentResponse::create(ServerContext& cont
 
   auto response =
       std::make_shared<AgentResponse>(context, session, std::move(response_id), post, std::move(schedule));
-  for (agent::TurnToolCall& call : open_step_calls(s.messages, options.tools))
-    response->open_calls_.push_back({std::move(call), std::nullopt});
+  response->open_calls_ = OpenToolCalls::of_last_step(s.messages, options.tools);
   // The forced first call belonged to the step that made these calls; the loop now continues from them.
   if (!response->open_calls_.empty()) options.tool_choice = {};
   AS_RETURN_IF_ERROR(response->moderate(options));
@@ -309,39 +276,15 @@ void AgentResponse::finish_without_loop(agent::TurnStatus status, Status error) 
 }
 
 void AgentResponse::announce_open_calls() {
-  std::vector<std::string> client_ids;
-  for (size_t i = 0; i < open_calls_.size(); ++i) {
-    const agent::TurnToolCall& call = open_calls_[i].call;
-    if (call.execution == tools::ToolExecution::kClient) {
-      on_tool_call(call);
-      client_ids.push_back(call.call_id);
-      continue;
-    }
-    // Whether it ran before the interruption is unknown, so it is not run again.
-    open_calls_[i].result = tools::ToolResult::error(
-        StatusCode::kCancelled,
-        "the call of \"" + call.name + "\" was interrupted before it returned a result");
-    on_tool_completed(call, *open_calls_[i].result);
-  }
+  const std::vector<std::string> client_ids = open_calls_.announce(*this);
   if (client_ids.empty()) return answer_open_calls();
   const auto timeout = options_ ? options_->client_tool_timeout : std::chrono::milliseconds(60000);
   on_requires_action(client_ids, std::chrono::steady_clock::now() + timeout);
 }
 
-void AgentResponse::resolve_open_call(size_t index, tools::ToolResult result) {
-  open_calls_[index].result = std::move(result);
-  on_tool_completed(open_calls_[index].call, *open_calls_[index].result);
-  for (const OpenCall& open : open_calls_)
-    if (!open.result) return;
-  answer_open_calls();
-}
-
 void AgentResponse::expire_open_calls() {
-  for (size_t i = 0; phase_ == Phase::kAnsweringOpenCalls && i < open_calls_.size(); ++i)
-    if (!open_calls_[i].result)
-      resolve_open_call(i, tools::ToolResult::error(StatusCode::kDeadlineExceeded,
-                                                    "the client did not return the output of \"" +
-                                                        open_calls_[i].call.name + "\" before its deadline"));
+  open_calls_.expire(*this);
+  answer_open_calls();
 }
 
 void AgentResponse::answer_open_calls() {
@@ -353,14 +296,12 @@ void AgentResponse::answer_open_calls() {
   {
     // The results are committed like the loop's own (same form), so a restart from here resumes after them.
     std::lock_guard lock(session_->mutex);
-    for (const OpenCall& open : open_calls_)
-      session_->messages.push_back(
-          {"tool", open.result->is_error ? "Error: " + open.result->output : open.result->output});
+    for (ConversationMessage& result : open_calls_.take_result_messages())
+      session_->messages.push_back(std::move(result));
     if (!session_->deleted) commit_locked(0, session_->tokens);
     messages = agent_messages(session_->config, session_->messages);
     tokens = session_->tokens;
   }
-  open_calls_.clear();
   make_loop(std::move(messages), std::move(tokens));
   if (Status started = loop_->start(); !started.ok())
     finish_without_loop(agent::TurnStatus::kFailed, started);
@@ -395,16 +336,14 @@ void AgentResponse::submit_tool_output(FunctionCallOutput output, std::function<
 Status AgentResponse::deliver_tool_output(FunctionCallOutput output) {
   if (phase_ == Phase::kLooping)
     return loop_->submit_tool_output(output.call_id, std::move(output.output), output.is_error);
-  for (size_t i = 0; phase_ == Phase::kAnsweringOpenCalls && i < open_calls_.size(); ++i) {
-    const OpenCall& open = open_calls_[i];
-    if (open.call.call_id != output.call_id || open.call.execution != tools::ToolExecution::kClient ||
-        open.result)
-      continue;
+  if (phase_ == Phase::kAnsweringOpenCalls) {
     tools::ToolResult result;
     result.output = std::move(output.output);
     result.is_error = output.is_error;
-    resolve_open_call(i, std::move(result));
-    return Status::ok_status();
+    if (open_calls_.resolve_client(output.call_id, std::move(result), *this)) {
+      if (open_calls_.all_answered()) answer_open_calls();
+      return Status::ok_status();
+    }
   }
   return Status::not_found("no client tool call \"" + output.call_id + "\" is waiting for output");
 }
@@ -444,19 +383,9 @@ void AgentResponse::on_tool_call(const agent::TurnToolCall& call) {
     // committed once every call has one.
     std::lock_guard lock(session_->mutex);
     const size_t index = *pending_calls_message_;
-    if (!session_->deleted && index < session_->messages.size()) {
-      bool all = true;
-      bool attached = false;
-      for (auto& entry : session_->messages[index].tool_calls) {
-        if (!attached && !entry.contains("id") && entry.value("name", "") == call.name &&
-            entry.contains("arguments") && entry["arguments"] == call.arguments) {
-          entry["id"] = call.call_id;
-          attached = true;
-        }
-        all = all && entry.contains("id");
-      }
-      if (all) flush_pending_calls_locked();
-    }
+    if (!session_->deleted && index < session_->messages.size() &&
+        attach_call_id(session_->messages[index], call))
+      flush_pending_calls_locked();
   }
   // Server calls are shown through tool.execution.started; only the client's own calls go out here.
   if (call.execution != tools::ToolExecution::kClient) return;

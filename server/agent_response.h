@@ -14,8 +14,7 @@
 // Open calls: a step's assistant message is committed with its calls' ids. When a response starts on a
 // session whose last message is such a step with no results (the server restarted, or the response was
 // cancelled, while it waited for the client), it first announces those calls again with the same ids and
-// waits for their outputs (a server call of that step gets an error result: it may or may not have run),
-// then commits them and runs the loop from there.
+// waits for their outputs (server/open_tool_calls.h), then commits them and runs the loop from there.
 //
 // Threading: the loop and every sink call run on one executor (the strand of the connection that started
 // the response); the session's state is touched under Session::mutex, which is never held while the loop
@@ -40,6 +39,7 @@
 #include "agent/turn_loop.h"
 #include "base/status.h"
 #include "engine/sampling_params.h"
+#include "server/open_tool_calls.h"
 #include "server/protocol.h"
 #include "server/server_context.h"
 #include "server/session_registry.h"
@@ -119,11 +119,6 @@ class AgentResponse final : public agent::TurnSink, public std::enable_shared_fr
   };
 
   enum class Phase { kCreated, kCheckingInput, kAnsweringOpenCalls, kLooping, kDone };
-  // A call of an earlier step that has no result yet (see "Open calls" above).
-  struct OpenCall {
-    agent::TurnToolCall call;
-    std::optional<tools::ToolResult> result;
-  };
 
   Status moderate(agent::TurnLoopOptions& options);
   void make_loop(std::vector<agent::Message> messages, std::vector<int32_t> previous_ids);
@@ -135,7 +130,6 @@ class AgentResponse final : public agent::TurnSink, public std::enable_shared_fr
   void finish_without_loop(agent::TurnStatus status, Status error = {});
   Status deliver_tool_output(FunctionCallOutput output);
   void announce_open_calls();
-  void resolve_open_call(size_t index, tools::ToolResult result);
   void expire_open_calls();
   void answer_open_calls();
   // Persists the session's uncommitted messages with `tokens`; caller holds the lock.
@@ -157,7 +151,7 @@ class AgentResponse final : public agent::TurnSink, public std::enable_shared_fr
   std::shared_ptr<agent::TurnLoop> loop_;
   std::optional<agent::TurnLoopOptions> options_;  // until the loop is made
   Phase phase_ = Phase::kCreated;
-  std::vector<OpenCall> open_calls_;
+  OpenToolCalls open_calls_;  // the last step's calls without results (see "Open calls" above)
   std::set<std::string> awaited_ids_;  // client calls announced and not completed
   // Index in session.messages of the assistant step whose calls still get their ids, and that step.
   std::optional<size_t> pending_calls_message_;
