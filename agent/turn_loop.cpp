@@ -8,14 +8,6 @@
 namespace agentserve::agent {
 namespace {
 
-std::string new_call_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "call_";
-  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
-  return id;
-}
-
 tools::ToolResult error_result(StatusCode code, std::string message) {
   tools::ToolResult result;
   result.output = std::move(message);
@@ -367,12 +359,24 @@ int TurnLoop::expire_tool_calls() {
   return static_cast<int>(waiting.size());
 }
 
+std::string new_call_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "call_";
+  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
+  return id;
+}
+
+std::string tool_result_content(const tools::ToolResult& result) {
+  return result.is_error ? "Error: " + result.output : result.output;
+}
+
 void TurnLoop::finish_calls() {
   StepCommit commit{outcome_.steps, {}};
   for (const PendingCall& pending : pending_) {
     Message result;
     result.role = Role::kTool;
-    result.content = pending.result->is_error ? "Error: " + pending.result->output : pending.result->output;
+    result.content = tool_result_content(*pending.result);
     messages_.push_back(result);
     commit.messages.push_back(std::move(result));
   }

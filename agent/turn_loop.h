@@ -75,6 +75,14 @@ struct TurnOutcome {
   std::vector<int32_t> token_ids;
 };
 
+// The content of the tool message the model reads for a result: the output, after "Error: " when the call
+// failed. One place, so a step answered after a restart renders exactly as a live one (and the prefix
+// cache keeps matching).
+std::string tool_result_content(const tools::ToolResult& result);
+
+// A fresh call id ("call_" + 24 hex digits) for a call the model wrote without one.
+std::string new_call_id();
+
 // Messages to append to the transcript: the assistant message of a step as soon as its calls are
 // approved, then the step's tool results once all are in. A driver that stores each commit atomically
 // resumes mid-loop after a restart.

@@ -1,21 +1,6 @@
 #include "server/open_tool_calls.h"
 
-#include <random>
-
 namespace agentserve::server {
-
-namespace {
-
-// For an open call whose id was never recorded (a transcript written before ids were kept).
-std::string fresh_call_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "call_";
-  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
-  return id;
-}
-
-}  // namespace
 
 bool attach_call_id(ConversationMessage& step, const agent::TurnToolCall& call) {
   bool all = true;
@@ -38,7 +23,8 @@ OpenToolCalls OpenToolCalls::of_last_step(const std::vector<ConversationMessage>
   for (const auto& entry : messages.back().tool_calls) {
     agent::TurnToolCall call;
     call.call_id =
-        entry.contains("id") && entry["id"].is_string() ? entry["id"].get<std::string>() : fresh_call_id();
+        entry.contains("id") && entry["id"].is_string() ? entry["id"].get<std::string>()
+                                                         : agent::new_call_id();
     call.name = entry.value("name", "");
     call.arguments = entry.contains("arguments") && entry["arguments"].is_object() ? entry["arguments"]
                                                                                    : agent::Json::object();
@@ -98,7 +84,7 @@ bool OpenToolCalls::all_answered() const {
 std::vector<ConversationMessage> OpenToolCalls::take_result_messages() {
   std::vector<ConversationMessage> messages;
   for (const OpenCall& open : calls_)
-    messages.push_back({"tool", open.result->is_error ? "Error: " + open.result->output : open.result->output});
+    messages.push_back({"tool", agent::tool_result_content(*open.result)});
   calls_.clear();
   return messages;
 }
