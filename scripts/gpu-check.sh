@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # gpu-check.sh: the CUDA issue's check on a machine with one GPU, in under 8 minutes. It builds with CUDA
 # (or takes a build folder made elsewhere), runs every CUDA test binary and the whole-model tests that
-# compare the CUDA backend with the CPU (engine/backend_*), runs the GPU benchmark, and writes a short
-# markdown report: the GPU, each test's result and time, the benchmark's figures, and the tail of the log of
+# compare the CUDA backend with the CPU (engine/*backend*: its ops, the model, the engine on it), runs the
+# GPU benchmark, and writes a short markdown report: the GPU, each test's result and time, the benchmark's figures, and the tail of the log of
 # every test that failed. Test binaries are run directly (not through ctest), so a build folder copied from
 # another path still works; exit code 77 is "skipped", as in CTest.
 #
@@ -50,7 +50,7 @@ if [[ -n "$stage" ]]; then
   mkdir -p "$stage/tests" "$stage/bench" "$stage/libs" "$stage/tokenizer"
   cp "$build_dir/CMakeCache.txt" "$stage/"
   bins=()
-  for b in "$build_dir"/tests/cuda_* "$build_dir"/tests/engine_backend_*_test "$build_dir/bench/gpu_decode_bench"; do
+  for b in "$build_dir"/tests/cuda_* "$build_dir"/tests/engine_*backend*_test "$build_dir/bench/gpu_decode_bench"; do
     [[ -x "$b" && -f "$b" ]] || continue
     dest="$stage/$(basename "$(dirname "$b")")/$(basename "$b")"
     strip -o "$dest" "$b" && bins+=("$dest")
@@ -83,7 +83,7 @@ if [[ -z "$build_dir" ]]; then
   else
     # Every CUDA test and the backend tests; their names come from the sources, as CMake globs them.
     for src in "$repo"/tests/cuda/*_test.cpp; do targets+=" cuda_$(basename "$src" .cpp)"; done
-    for src in "$repo"/tests/engine/backend_*_test.cpp; do
+    for src in "$repo"/tests/engine/*backend*_test.cpp; do
       [[ -e "$src" ]] && targets+=" engine_$(basename "$src" .cpp)"
     done
     targets+=" cuda_device_check"
@@ -110,7 +110,7 @@ fi
 
 # Shared libraries the binaries cannot find (libcublas, libnccl on a machine whose CUDA comes with Python
 # wheels): look in the usual places and put the folders that hold them on LD_LIBRARY_PATH.
-missing="$(for b in "$build_dir"/tests/cuda_* "$build_dir"/tests/engine_backend_* "$build_dir"/bench/gpu_decode_bench; do
+missing="$(for b in "$build_dir"/tests/cuda_* "$build_dir"/tests/engine_*backend* "$build_dir"/bench/gpu_decode_bench; do
   [[ -x "$b" ]] && ldd "$b" 2>/dev/null | awk '/not found/ {print $1}'
 done | sort -u)"
 for lib in $missing; do
@@ -175,7 +175,7 @@ if [[ $sanitize -eq 1 && -n "$sanitizer" && -n "$gpu_present" ]]; then
       "$sanitizer" --tool memcheck --error-exitcode 1 --print-limit 20
   done
 fi
-for bin in "$build_dir"/tests/engine_backend_*_test; do
+for bin in "$build_dir"/tests/engine_*backend*_test; do
   [[ -e "$bin" ]] && run_test "engine/$(basename "$bin" | sed 's/^engine_//')" "$bin"
 done
 
