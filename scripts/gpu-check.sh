@@ -2,8 +2,8 @@
 # gpu-check.sh: the CUDA issue's check on a machine with one GPU, in under 8 minutes. It builds with CUDA
 # (or takes a build folder made elsewhere), runs every CUDA test binary and the whole-model tests that
 # compare the CUDA backend with the CPU (engine/*backend*: its ops, the model, the engine on it), runs the
-# GPU benchmark, and writes a short markdown report: the GPU, each test's result and time, the benchmark's figures, and the tail of the log of
-# every test that failed. Test binaries are run directly (not through ctest), so a build folder copied from
+# GPU benchmark, and writes a short markdown report: the GPU, each test's result and time, the benchmark's
+# figures, and the tail of the log of every test that failed. Test binaries are run directly (not through ctest), so a build folder copied from
 # another path still works; exit code 77 is "skipped", as in CTest.
 #
 #   scripts/gpu-check.sh --report gpu-report.md                     # configure + build in build-gpu-check
