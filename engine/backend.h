@@ -140,8 +140,11 @@ struct SamplingRow {
 // of matmul inputs, split-K attention partials) instead of allocating per op.
 struct OpLimits {
   int max_tokens = 1;  // rows of any activation (tokens of one step)
-  int max_width = 1;   // widest activation row: max(hidden, heads * head_dim, expert inter, vocab)
-  int n_heads = 1;     // query heads of paged_attention
+  // Widest matmul input row (w.cols of any matmul: max(hidden, heads * head_dim) for Qwen3-MoE). Output
+  // widths need no scratch (the vocab-wide lm_head writes the caller's logits buffer), nor do the expert
+  // projections (moe_experts works in its own workspace).
+  int max_width = 1;
+  int n_heads = 1;  // query heads of paged_attention
   int head_dim = 1;
   int max_context_len = 1;  // longest context a chunk of paged_attention sees
 };

@@ -20,6 +20,21 @@ size_t matrix_bytes(const WeightMatrix& w) {
 
 }  // namespace
 
+OpLimits backend_op_limits(const ModelConfig& config, const BackendModelOptions& options) {
+  int64_t max_context = options.max_context_len;
+  if (max_context == 0 || max_context > config.max_position_embeddings)
+    max_context = config.max_position_embeddings;
+  // Every matmul input is the normed hidden state (q/k/v, router, lm_head) or the attention output
+  // (o_proj). The lm_head's vocab-wide rows land in the logits buffer, and the experts' inter-wide rows
+  // stay inside moe_experts' workspace, so neither widens the matmul scratch.
+  const int64_t q_dim = int64_t{config.num_attention_heads} * config.head_dim;
+  return {.max_tokens = options.max_step_tokens,
+          .max_width = static_cast<int>(std::max(config.hidden_size, q_dim)),
+          .n_heads = config.num_attention_heads,
+          .head_dim = static_cast<int>(config.head_dim),
+          .max_context_len = static_cast<int>(max_context)};
+}
+
 Result<std::unique_ptr<BackendModel>> BackendModel::create(Backend& backend, const ModelConfig& config,
                                                            const ModelWeights& weights,
                                                            const BackendModelOptions& options) {
@@ -207,13 +222,7 @@ Status BackendModel::allocate_scratch() {
   moe_workspace_ = workspace.data();
   storage_.push_back(std::move(workspace));
 
-  int widest = static_cast<int>(std::max({hidden, q_dim, vocab}));
-  for (const Layer& layer : layers_) widest = std::max(widest, layer.experts.inter);
-  return backend_.reserve({.max_tokens = max_tokens,
-                           .max_width = widest,
-                           .n_heads = config_.num_attention_heads,
-                           .head_dim = static_cast<int>(config_.head_dim),
-                           .max_context_len = static_cast<int>(options_.max_context_len)});
+  return backend_.reserve(backend_op_limits(config_, options_));
 }
 
 Status BackendModel::check_chunks(std::span<const ForwardChunk> chunks) const {

@@ -35,6 +35,10 @@ struct BackendModelOptions {
   int logits_rows_per_pass = 64;
 };
 
+// The largest ops BackendModel issues for `config` with `options` (0 fields resolved as create() does):
+// what it reserves in its backend. The matmul width is the widest matmul input, never the vocab.
+OpLimits backend_op_limits(const ModelConfig& config, const BackendModelOptions& options);
+
 class BackendModel {
   struct PrivateTag {
     explicit PrivateTag() = default;

@@ -3,13 +3,13 @@
 # (or takes a build folder made elsewhere), runs every CUDA test binary and the whole-model tests that
 # compare the CUDA backend with the CPU (engine/*backend*: its ops, the model, the engine on it), runs the
 # GPU benchmark, and writes a short markdown report: the GPU, each test's result and time, the benchmark's
-# figures, and the tail of the log of every test that failed. Test binaries are run directly (not through ctest), so a build folder copied from
-# another path still works; exit code 77 is "skipped", as in CTest.
+# figures, and the tail of the log of every test that failed. Test binaries are run directly (not through
+# ctest), so a build folder copied from another path still works; exit code 77 is "skipped", as in CTest.
 #
 #   scripts/gpu-check.sh --report gpu-report.md                     # configure + build in build-gpu-check
-#   scripts/gpu-check.sh --build-dir build-cuda2 --report out.md    # use a prebuilt folder (no compiler needed)
-#   scripts/gpu-check.sh --build-dir build-cuda2 --stage gpu-stage  # here: pack what a GPU machine without the
-#       Debian libraries needs (stripped test and bench binaries, their non-CUDA shared libraries, the
+#   scripts/gpu-check.sh --build-dir build-cuda2 --report out.md    # use a prebuilt folder (no compiler)
+#   scripts/gpu-check.sh --build-dir build-cuda2 --stage gpu-stage  # here: pack what a GPU machine without
+#       the Debian libraries needs (stripped test and bench binaries, their non-CUDA shared libraries, the
 #       tokenizer), small enough to carry; there: scripts/gpu-check.sh --build-dir gpu-stage --libs
 #       gpu-stage/libs --tokenizer-dir gpu-stage/tokenizer --report out.md
 #   options: --bench-args "--preset small"  (default: the Qwen3-30B-A3B shape)

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "kernels/cuda/block_copy.h"
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gemm.h"
@@ -19,6 +20,7 @@
 
 namespace agentserve::engine {
 namespace kc = kernels::cuda;
+using kc::cuda_status;
 
 // The device sampler reads engine::SamplingRow as kernels::cuda::RowSampling.
 static_assert(sizeof(SamplingRow) == sizeof(kc::RowSampling));
@@ -29,14 +31,14 @@ static_assert(offsetof(SamplingRow, seed) == offsetof(kc::RowSampling, seed));
 namespace {
 
 // Split-K attention partials are reserved for as many decode chunks as fit this budget at the longest
-// context (about 60 chunks at 128k for Qwen3-30B-A3B, 240 at 32k); bigger decode batches fill the GPU with
-// one block per (query head, chunk) anyway and take the tiled kernel.
+// context (about 60 chunks at 128k for Qwen3-30B-A3B, 240 at 32k; at least one); a bigger decode batch runs
+// in passes of that many chunks (paged_attention_decode), shorter contexts fit more chunks per pass.
 constexpr size_t kSplitKWorkspaceBudget = size_t{256} << 20;
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return {};
-  return Status::internal(std::string(what) + ": " + cudaGetErrorString(err));
-}
+// Pageable host buffers of download_blocks are filled through a pinned staging buffer of at most this many
+// bytes per KV cache (at least one block), so the copies stay asynchronous and one stream sync covers a
+// staging-full (42 blocks of 1.5 MiB for Qwen3-30B-A3B, 21 of 2.9 MiB for Qwen3-235B-A22B).
+constexpr size_t kBlockStagingBudget = size_t{64} << 20;
 
 // Page-locked host memory is copied truly asynchronously, so a call that promises the source may be reused
 // must wait for such copies; pageable memory is staged before cudaMemcpyAsync returns.
@@ -49,19 +51,33 @@ bool is_pinned(const void* host) {
   return attributes.type == cudaMemoryTypeHost;
 }
 
+// Page-locked host memory from cudaHostAlloc, freed with cudaFreeHost.
+struct PinnedDeleter {
+  void operator()(bf16* p) const { (void)cudaFreeHost(p); }
+};
+using PinnedBlocks = std::unique_ptr<bf16, PinnedDeleter>;
+
 class CudaKvCache final : public KvCache {
  public:
-  CudaKvCache(const KvCacheShape& shape, const kc::KvPoolGeometry& geo, DeviceBuffer pool)
+  CudaKvCache(const KvCacheShape& shape, const kc::KvPoolGeometry& geo, DeviceBuffer pool,
+              PinnedBlocks staging, int staging_blocks)
       : KvCache(shape, kernels::DType::kBF16, geo.block_elems() * sizeof(bf16)),
         geo_(geo),
-        pool_(std::move(pool)) {}
+        pool_(std::move(pool)),
+        staging_(std::move(staging)),
+        staging_blocks_(staging_blocks) {}
 
   const kc::KvPoolGeometry& geometry() const { return geo_; }
   bf16* pool() const { return pool_.as<bf16>(); }
+  // Null (0 blocks) when no pinned memory could be had; downloads then copy into the caller's buffer.
+  bf16* staging() const { return staging_.get(); }
+  int staging_blocks() const { return staging_blocks_; }
 
  private:
   kc::KvPoolGeometry geo_;
   DeviceBuffer pool_;
+  PinnedBlocks staging_;
+  int staging_blocks_ = 0;
 };
 
 const CudaKvCache& cuda_cache(const KvCache& cache) {
@@ -204,14 +220,14 @@ Status CudaBackend::reserve(const OpLimits& limits) {
   }
   const size_t per_chunk =
       kc::paged_attention_decode_workspace_bytes(1, limits.n_heads, limits.head_dim, limits.max_context_len);
-  const int chunks = static_cast<int>(std::clamp<size_t>(
-      kSplitKWorkspaceBudget / std::max<size_t>(per_chunk, 1), 1, static_cast<size_t>(limits.max_tokens)));
-  const size_t attention_bytes = per_chunk * static_cast<size_t>(chunks);
+  const size_t chunks = std::clamp<size_t>(kSplitKWorkspaceBudget / std::max<size_t>(per_chunk, 1), 1,
+                                           static_cast<size_t>(limits.max_tokens));
+  const size_t attention_bytes = per_chunk * chunks;
   if (attention_bytes > attention_workspace_.bytes()) {
     attention_workspace_ = DeviceBuffer();
     AS_ASSIGN_OR_RETURN(attention_workspace_, allocate(attention_bytes));
   }
-  split_k_chunks_ = chunks;
+  // The bf16 copy of the widest matmul input (OpLimits::max_width), not of any output.
   const size_t gemm_bytes =
       kc::gemm_workspace_bytes(limits.max_tokens, limits.max_width, kernels::DType::kBF16);
   if (gemm_bytes > gemm_workspace_.bytes()) {
@@ -231,7 +247,18 @@ Result<std::unique_ptr<KvCache>> CudaBackend::create_kv_cache(const KvCacheShape
   const size_t bytes = geo.block_elems() * sizeof(bf16) * static_cast<size_t>(shape.num_blocks);
   AS_ASSIGN_OR_RETURN(DeviceBuffer pool, allocate(bytes));
   AS_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(pool.data(), 0, bytes, compute_), "kv cache zero"));
-  return std::unique_ptr<KvCache>(new CudaKvCache(shape, geo, std::move(pool)));
+  const size_t block_bytes = geo.block_elems() * sizeof(bf16);
+  int staging_blocks = static_cast<int>(
+      std::clamp<size_t>(kBlockStagingBudget / block_bytes, 1, static_cast<size_t>(shape.num_blocks)));
+  void* staging = nullptr;
+  if (cudaHostAlloc(&staging, block_bytes * static_cast<size_t>(staging_blocks), cudaHostAllocDefault) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();  // without pinned memory downloads still work, each copy blocking the host
+    staging = nullptr;
+    staging_blocks = 0;
+  }
+  return std::unique_ptr<KvCache>(new CudaKvCache(shape, geo, std::move(pool),
+                                                  PinnedBlocks(static_cast<bf16*>(staging)), staging_blocks));
 }
 
 size_t CudaBackend::kv_block_bytes(const KvCacheShape& shape) const {
@@ -242,8 +269,15 @@ Status CudaBackend::download_blocks(void* host_buffer, const KvCache& cache, std
   if (ids.empty()) return {};
   const CudaKvCache& c = cuda_cache(cache);
   AS_RETURN_IF_ERROR(copy_stream_after_compute());
-  AS_RETURN_IF_ERROR(kc::gather_blocks_to_host(static_cast<bf16*>(host_buffer), c.pool(), c.geometry(),
-                                               ids.data(), static_cast<int>(ids.size()), copy_));
+  auto* host = static_cast<bf16*>(host_buffer);
+  const int n = static_cast<int>(ids.size());
+  // Into pageable memory every cudaMemcpyAsync would block until its bytes land: stage through the cache's
+  // pinned buffer instead, so the copies of a staging-full queue up and one sync waits for all of them.
+  if (c.staging() != nullptr && !is_pinned(host_buffer)) {
+    return kc::download_blocks_staged(host, c.pool(), c.geometry(), ids.data(), n, c.staging(),
+                                      c.staging_blocks(), copy_);
+  }
+  AS_RETURN_IF_ERROR(kc::gather_blocks_to_host(host, c.pool(), c.geometry(), ids.data(), n, copy_));
   return cuda_status(cudaStreamSynchronize(copy_), "download_blocks");
 }
 
@@ -311,11 +345,11 @@ void CudaBackend::paged_attention(float* out, const float* q, const KvCache& cac
                              batch.query_start, batch.context_len,   batch.block_table_start,
                              batch.block_tables};
   const kc::AttentionShape shape{n_heads, c.geometry().n_kv_heads, scale};
-  // Split-K when every chunk is a decode and the reserved partials cover the batch.
-  const size_t needed = kc::paged_attention_decode_workspace_bytes(
-      batch.n_chunks, n_heads, c.geometry().head_dim, batch.max_context_len);
-  if (batch.max_query_len == 1 && batch.n_chunks <= split_k_chunks_ &&
-      needed <= attention_workspace_.bytes()) {
+  // Every decode step takes the split-K kernel, in passes when the batch has more chunks than the reserved
+  // partials hold; only a context beyond the reserved limits (one chunk's partials do not fit) falls back.
+  const size_t one_chunk =
+      kc::paged_attention_decode_workspace_bytes(1, n_heads, c.geometry().head_dim, batch.max_context_len);
+  if (batch.max_query_len == 1 && one_chunk <= attention_workspace_.bytes()) {
     record(kc::paged_attention_decode(out, q, c.pool(), c.geometry(), layer, shape, paged,
                                       attention_workspace_.data(), attention_workspace_.bytes(), compute_));
   } else {

@@ -4,8 +4,9 @@
 // (copy) stream ordered after the compute work issued before them, so a spill never reads a block a
 // pending kv_write still changes. The KV cache is a pool of bf16 blocks in the KvLayout order
 // (kernels/cuda/kv_cache.h), so a downloaded block is exactly those bytes. Scratch (split-K attention
-// partials, the bf16 copy of matmul inputs) is sized once in reserve(); no op allocates. It must never be
-// built or used without a visible GPU: make_cuda_backend() returns null then. One thread at a time.
+// partials, the bf16 copy of matmul inputs) is sized once in reserve(), and each KV cache gets a pinned
+// staging buffer for block downloads into pageable memory when it is made; no op allocates. It must never
+// be built or used without a visible GPU: make_cuda_backend() returns null then. One thread at a time.
 #pragma once
 
 #include <cublas_v2.h>
@@ -89,9 +90,8 @@ class CudaBackend final : public Backend {
 
   // Scratch sized by reserve().
   OpLimits limits_;
-  DeviceBuffer attention_workspace_;
-  int split_k_chunks_ = 0;  // decode batches up to this many chunks use the split-K kernel
-  DeviceBuffer gemm_workspace_;
+  DeviceBuffer attention_workspace_;  // split-K partials of as many decode chunks as one pass takes
+  DeviceBuffer gemm_workspace_;       // bf16 copy of max_tokens rows of the widest matmul input
 };
 
 // The CUDA backend on device 0, or null when no GPU is usable.

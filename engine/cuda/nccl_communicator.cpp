@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "kernels/cuda/cuda_status.h"
+
 namespace agentserve::engine {
 namespace {
 
@@ -16,12 +18,9 @@ Status nccl_status(ncclResult_t result, const std::string& what) {
   return Status::internal(what + ": " + ncclGetErrorString(result));
 }
 
-Status cuda_status(cudaError_t err, const std::string& what) {
-  if (err == cudaSuccess) return Status::ok_status();
-  return Status::internal(what + ": " + cudaGetErrorString(err));
-}
-
 }  // namespace
+
+using kernels::cuda::cuda_status;
 
 Result<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator::create_group(
     std::span<const int> devices) {

@@ -1,6 +1,7 @@
 #include "kernels/cuda/embedding.h"
 
-#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_helpers.cuh"
 
 namespace agentserve::kernels::cuda {
 namespace {

@@ -9,13 +9,14 @@
 // (16-byte loads) and dots it with up to 8 rows of x at a time, straight from f32 (no BF16 copy of x).
 #include "kernels/cuda/gemm.h"
 
-#include "kernels/cuda/device_helpers.cuh"
-
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_helpers.cuh"
 
 namespace agentserve::kernels::cuda {
 namespace {
@@ -24,11 +25,6 @@ constexpr int kConvertThreads = 256;
 constexpr int kConvertMaxBlocks = 4096;
 constexpr int kGemvWarps = 8;  // output columns per block
 constexpr int kGemvRows = 8;   // rows of x a warp accumulates at once
-
-using device::kWarp;
-using device::load8;
-using device::to_float;
-using device::warp_sum;
 
 __global__ void convert_f32_to_bf16_kernel(__nv_bfloat16* out, const float* in, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -81,11 +77,6 @@ __global__ void __launch_bounds__(kGemvWarps* kWarp)
   }
 }
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status::ok_status();
-  return Status::internal(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
 Status cublas_status(cublasStatus_t st, const char* what) {
   if (st == CUBLAS_STATUS_SUCCESS) return Status::ok_status();
   return Status::internal(std::string(what) + ": " + cublasGetStatusString(st));
@@ -124,13 +115,13 @@ Status gemv(cudaStream_t stream, float* y, const float* x, const void* w, DType 
         <<<blocks, threads, 0, stream>>>(y, x, static_cast<const float*>(w), rows, in_dim, out_dim);
   } else {
     const auto* wb = static_cast<const __nv_bfloat16*>(w);
-    if (in_dim % 8 == 0 && device::aligned16(w) && device::aligned16(x)) {
+    if (in_dim % 8 == 0 && aligned16(w) && aligned16(x)) {
       gemv_kernel<__nv_bfloat16, true><<<blocks, threads, 0, stream>>>(y, x, wb, rows, in_dim, out_dim);
     } else {
       gemv_kernel<__nv_bfloat16, false><<<blocks, threads, 0, stream>>>(y, x, wb, rows, in_dim, out_dim);
     }
   }
-  return cuda_status(cudaGetLastError(), "gemv launch");
+  return launch_status("gemv launch");
 }
 
 }  // namespace
@@ -147,7 +138,7 @@ Status convert_f32_to_bf16(bf16* out, const float* in, size_t n, cudaStream_t st
   const int blocks = static_cast<int>(blocks_needed < kConvertMaxBlocks ? blocks_needed : kConvertMaxBlocks);
   convert_f32_to_bf16_kernel<<<blocks, kConvertThreads, 0, stream>>>(reinterpret_cast<__nv_bfloat16*>(out),
                                                                      in, n);
-  return cuda_status(cudaGetLastError(), "convert_f32_to_bf16 launch");
+  return launch_status("convert_f32_to_bf16 launch");
 }
 
 Status gemm_bf16(cublasHandle_t handle, cudaStream_t stream, float* y, const bf16* x, const bf16* w, int rows,

@@ -2,7 +2,8 @@
 
 #include <string>
 
-#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_helpers.cuh"
 
 namespace agentserve::kernels::cuda {
 

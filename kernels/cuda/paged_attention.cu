@@ -2,7 +2,8 @@
 
 #include <cmath>
 
-#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_helpers.cuh"
 
 namespace agentserve::kernels::cuda {
 namespace {
@@ -358,40 +359,58 @@ Status paged_attention_decode(float* out, const float* q, const bf16* pool, cons
   if (max_context < 1 || partitions_for(max_context) > kMaxDecodePartitions) {
     return Status::invalid_argument("paged_attention_decode: max_context_len outside [1, 4M]");
   }
-  const size_t needed =
-      paged_attention_decode_workspace_bytes(n_chunks, shape.n_heads, geo.head_dim, max_context);
-  if (workspace == nullptr || workspace_bytes < needed) {
+  const size_t per_chunk =
+      paged_attention_decode_workspace_bytes(1, shape.n_heads, geo.head_dim, max_context);
+  if (workspace == nullptr || workspace_bytes < per_chunk) {
     return Status::invalid_argument("paged_attention_decode: workspace smaller than " +
-                                    std::to_string(needed) + " bytes");
+                                    std::to_string(per_chunk) + " bytes (one chunk's partials)");
   }
+  const size_t fits = workspace_bytes / per_chunk;
+  const int chunks_per_pass = fits < static_cast<size_t>(n_chunks) ? static_cast<int>(fits) : n_chunks;
   const int max_parts = partitions_for(max_context);
-  const size_t per_stat = static_cast<size_t>(n_chunks) * shape.n_heads * max_parts;
-  DecodeWorkspace ws{static_cast<float*>(workspace), static_cast<float*>(workspace) + per_stat,
-                     static_cast<float*>(workspace) + 2 * per_stat};
   const int group = shape.n_heads / shape.n_kv_heads;
   const int D = geo.head_dim;
   const size_t smem =
       static_cast<size_t>(group) * (static_cast<size_t>(D) * (1 + kWarps) + kDecodePartition) * sizeof(float);
-  const dim3 grid(max_parts, shape.n_kv_heads, n_chunks);
   const auto* pool_bits = reinterpret_cast<const uint16_t*>(pool);
   if (D <= 64) {
     AS_RETURN_IF_ERROR(allow_shared_memory(decode_partial_kernel<2>, smem));
-    decode_partial_kernel<2>
-        <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, batch, max_parts, ws);
   } else if (D <= 128) {
     AS_RETURN_IF_ERROR(allow_shared_memory(decode_partial_kernel<4>, smem));
-    decode_partial_kernel<4>
-        <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, batch, max_parts, ws);
   } else {
     AS_RETURN_IF_ERROR(allow_shared_memory(decode_partial_kernel<8>, smem));
-    decode_partial_kernel<8>
-        <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, batch, max_parts, ws);
   }
-  AS_RETURN_IF_ERROR(launch_status("paged_attention_decode (partitions)"));
-  const dim3 merge_grid(shape.n_heads, n_chunks);
-  decode_merge_kernel<<<merge_grid, kThreads, max_parts * sizeof(float), stream>>>(out, batch, shape.n_heads,
-                                                                                   D, max_parts, ws);
-  return launch_status("paged_attention_decode (merge)");
+  // A pass is the chunks [first, first + count) as a batch of their own: the chunk arrays start at `first`
+  // and keep their absolute values (query rows of q/out, entries of block_tables), so only the workspace
+  // indices, which the kernels take from the chunk's place in the pass, restart at 0.
+  for (int first = 0; first < n_chunks; first += chunks_per_pass) {
+    const int count = n_chunks - first < chunks_per_pass ? n_chunks - first : chunks_per_pass;
+    PagedBatch pass = batch;
+    pass.n_chunks = count;
+    pass.query_start = batch.query_start + first;
+    pass.context_len = batch.context_len + first;
+    pass.block_table_start = batch.block_table_start + first;
+    const size_t per_stat = static_cast<size_t>(count) * shape.n_heads * max_parts;
+    const DecodeWorkspace ws{static_cast<float*>(workspace), static_cast<float*>(workspace) + per_stat,
+                             static_cast<float*>(workspace) + 2 * per_stat};
+    const dim3 grid(max_parts, shape.n_kv_heads, count);
+    if (D <= 64) {
+      decode_partial_kernel<2>
+          <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, pass, max_parts, ws);
+    } else if (D <= 128) {
+      decode_partial_kernel<4>
+          <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, pass, max_parts, ws);
+    } else {
+      decode_partial_kernel<8>
+          <<<grid, kThreads, smem, stream>>>(q, pool_bits, geo, layer, shape, pass, max_parts, ws);
+    }
+    AS_RETURN_IF_ERROR(launch_status("paged_attention_decode (partitions)"));
+    const dim3 merge_grid(shape.n_heads, count);
+    decode_merge_kernel<<<merge_grid, kThreads, max_parts * sizeof(float), stream>>>(out, pass, shape.n_heads,
+                                                                                     D, max_parts, ws);
+    AS_RETURN_IF_ERROR(launch_status("paged_attention_decode (merge)"));
+  }
+  return Status::ok_status();
 }
 
 Status paged_attention_prefill(float* out, const float* q, const bf16* pool, const KvPoolGeometry& geo,

@@ -7,10 +7,10 @@
 //
 // Two launchers; the caller (which built the batch on the host) picks one per batch:
 // - decode: every chunk has one query (max_query_len 1). Split-K: the context is cut into partitions of
-// kDecodePartition
-//   tokens, one thread block per (partition, kv head, chunk) writes a partial (max, sum, unnormalised
-//   accumulator) for every query head of its group into the workspace, and a second kernel merges the
-//   partials. So a 128k context keeps the whole GPU busy even at batch 1.
+//   kDecodePartition tokens, one thread block per (partition, kv head, chunk) writes a partial (max, sum,
+//   unnormalised accumulator) for every query head of its group into the workspace, and a second kernel
+//   merges the partials. So a 128k context keeps the whole GPU busy even at batch 1; a batch larger than
+//   the workspace runs in passes over groups of chunks.
 // - prefill: chunks of any number of queries (prefill and chunked prefill over a cached prefix), tiled:
 //   one thread block per (tile of 16 queries, query head, chunk) streams K/V in tiles of 32 tokens through
 //   shared memory with a running max and sum per query.
@@ -57,9 +57,11 @@ inline constexpr int kMaxGroup = 16;
 size_t paged_attention_decode_workspace_bytes(int n_chunks, int n_heads, int head_dim, int max_context);
 
 // Decode: batch.max_query_len must be 1 (chunks with another query count are left unwritten). workspace:
-// device memory of at least paged_attention_decode_workspace_bytes(batch.n_chunks, n_heads, head_dim,
-// batch.max_context_len). Table entries outside the pool, or a context longer than its table covers,
-// read as zero K/V rather than out of bounds.
+// device memory of at least paged_attention_decode_workspace_bytes(1, n_heads, head_dim,
+// batch.max_context_len), one chunk's partials; a batch with more chunks than the workspace holds runs in
+// passes of as many chunks as it does (one partials launch and one merge per pass, in stream order, so
+// the passes reuse the workspace), with the same result as one pass. Table entries outside the pool, or a
+// context longer than its table covers, read as zero K/V rather than out of bounds.
 Status paged_attention_decode(float* out, const float* q, const bf16* pool, const KvPoolGeometry& geo,
                               int layer, const AttentionShape& shape, const PagedBatch& batch,
                               void* workspace, size_t workspace_bytes, cudaStream_t stream);

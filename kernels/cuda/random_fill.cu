@@ -5,7 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <string>
+#include "kernels/cuda/cuda_status.h"
 
 namespace agentserve::kernels::cuda {
 namespace {
@@ -38,10 +38,7 @@ Status fill_uniform(void* out, DType dtype, size_t n, uint64_t seed, float scale
   } else {
     fill_uniform_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(out), n, seed, scale);
   }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    return Status::internal(std::string("fill_uniform launch: ") + cudaGetErrorString(err));
-  return Status::ok_status();
+  return launch_status("fill_uniform launch");
 }
 
 }  // namespace agentserve::kernels::cuda

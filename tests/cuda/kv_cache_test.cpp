@@ -1,6 +1,7 @@
 // The bf16 KV pool on the GPU: kv_write puts each token's K/V at its slot (rounded like base/bf16.h,
 // strided rows, skipped slots untouched), and whole blocks gather to and scatter from pinned host memory
-// on a stream, with runs of consecutive ids, and refuse ids outside the pool; through CudaBackend, written
+// on a stream, with runs of consecutive ids, gather into pageable memory through a pinned staging buffer of
+// any size, and refuse ids outside the pool; through CudaBackend, written
 // blocks download and upload back bit for bit, and a failed op surfaces once at synchronize().
 #include <cuda_runtime_api.h>
 #include <doctest/doctest.h>
@@ -111,7 +112,9 @@ TEST_CASE("kv_write and the pool geometry reject bad arguments") {
   CHECK_FALSE(geo.validate().ok());
 }
 
-TEST_CASE("blocks gather to pinned host memory and scatter back bit for bit, packed and strided pools") {
+TEST_CASE(
+    "blocks gather to pinned host memory (or to pageable memory through pinned staging) and scatter back "
+    "bit for bit, packed and strided pools") {
   for (const size_t pad : {size_t{0}, size_t{32}}) {
     CAPTURE(pad);
     auto geo = kc::KvPoolGeometry::packed(2, 2, 16, 64, 12);
@@ -139,6 +142,22 @@ TEST_CASE("blocks gather to pinned host memory and scatter back bit for bit, pac
       }
     }
     CHECK(mismatches == 0);
+
+    // Into pageable memory through a pinned staging buffer of 1, 2, 3 and 7 blocks (one staging-full, or
+    // several with a short last one): the same bytes as the direct gather.
+    for (int staging_blocks : {1, 2, 3, 7}) {
+      CAPTURE(staging_blocks);
+      PinnedBlocks staging(static_cast<size_t>(staging_blocks) * elems);
+      std::vector<bf16> pageable(ids.size() * elems);
+      REQUIRE(kc::download_blocks_staged(pageable.data(), pool.get(), geo, ids.data(),
+                                         static_cast<int>(ids.size()), staging.get(), staging_blocks, stream)
+                  .ok());
+      CHECK(std::memcmp(pageable.data(), host.get(), pageable.size() * sizeof(bf16)) == 0);
+    }
+    std::vector<bf16> pageable(ids.size() * elems);
+    CHECK(kc::download_blocks_staged(pageable.data(), pool.get(), geo, ids.data(),
+                                     static_cast<int>(ids.size()), nullptr, 0, stream)
+              .code() == StatusCode::kInvalidArgument);
 
     // Scatter into other blocks of a zeroed pool: exactly those blocks' bytes change.
     DeviceArray<bf16> other(pool_host.size());

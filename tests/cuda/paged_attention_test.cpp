@@ -1,5 +1,6 @@
 // Paged attention on the GPU against kernels::paged_attention_ref (fed the bf16 pool widened to f32):
-// split-K decode across partition boundaries (contexts 1, 15, 16, 17, 511..513, 1000, 5000), the tiled
+// split-K decode across partition boundaries (contexts 1, 15, 16, 17, 511..513, 1000, 5000), in one pass
+// and in passes of 2 and 1 chunks when the workspace holds fewer chunks than the batch, the tiled
 // prefill kernel for full prefills, chunked prefills over a cached prefix and mixed decode rows, GQA
 // groups 1..16, head_dim 64/80/128/256, scattered block tables, and table entries outside the pool.
 #include <doctest/doctest.h>
@@ -120,13 +121,21 @@ void check_problem(const Problem& p, bool decode) {
           .ok());
   check_out("prefill kernel");
   if (decode) {
-    const size_t bytes = kc::paged_attention_decode_workspace_bytes(batch.n_chunks, p.n_heads, D, max_ctx);
-    DeviceArray<std::byte> workspace(bytes);
-    d_out.upload(std::vector<float>(q.size(), NAN));
-    REQUIRE(kc::paged_attention_decode(d_out.get(), d_q.get(), d_pool.get(), geo, kLayer, shape, batch,
-                                       workspace.get(), bytes, nullptr)
-                .ok());
-    check_out("split-K decode");
+    // The whole batch in one pass, then a workspace that holds only 2 chunks' partials and only 1 (plus
+    // half a chunk that must go unused): the batch runs in passes and every row still matches.
+    const size_t per_chunk = kc::paged_attention_decode_workspace_bytes(1, p.n_heads, D, max_ctx);
+    CHECK(kc::paged_attention_decode_workspace_bytes(batch.n_chunks, p.n_heads, D, max_ctx) ==
+          per_chunk * p.chunks.size());
+    for (const size_t chunks_per_pass : {p.chunks.size(), size_t{2}, size_t{1}}) {
+      CAPTURE(chunks_per_pass);
+      const size_t bytes = per_chunk * chunks_per_pass + per_chunk / 2;
+      DeviceArray<std::byte> workspace(bytes);
+      d_out.upload(std::vector<float>(q.size(), NAN));
+      REQUIRE(kc::paged_attention_decode(d_out.get(), d_q.get(), d_pool.get(), geo, kLayer, shape, batch,
+                                         workspace.get(), bytes, nullptr)
+                  .ok());
+      check_out("split-K decode");
+    }
   }
 }
 
@@ -179,7 +188,7 @@ TEST_CASE("paged attention rejects shapes it cannot run") {
   CHECK_FALSE(
       kc::paged_attention_prefill(out.get(), q.get(), pool.get(), geo, 1, {4, 2, scale}, batch, nullptr)
           .ok());
-  // Decode needs its workspace, and one query per chunk.
+  // Decode needs a workspace for at least one chunk, and one query per chunk.
   const size_t bytes = kc::paged_attention_decode_workspace_bytes(1, 4, 64, 16);
   DeviceArray<std::byte> workspace(bytes);
   CHECK_FALSE(kc::paged_attention_decode(out.get(), q.get(), pool.get(), geo, 0, {4, 2, scale}, batch,
