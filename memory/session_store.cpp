@@ -131,6 +131,16 @@ Result<SessionRecord> SessionStore::load_session(std::string_view session_id) co
   return record;
 }
 
+Result<std::string> SessionStore::load_metadata(std::string_view session_id) const {
+  AS_RETURN_IF_ERROR(check_id("session id", session_id));
+  std::string metadata;
+  rocksdb::Status s =
+      store_.db()->Get(rocksdb::ReadOptions(), store_.handle(ColumnFamily::kSessions), session_id, &metadata);
+  if (s.IsNotFound()) return Status::not_found("session " + std::string(session_id));
+  AS_RETURN_IF_ERROR(from_rocksdb(s, "load session metadata"));
+  return metadata;
+}
+
 Status SessionStore::delete_session(std::string_view session_id) {
   AS_RETURN_IF_ERROR(check_id("session id", session_id));
   const std::string prefix = id_prefix(session_id);

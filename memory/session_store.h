@@ -64,6 +64,8 @@ class SessionStore {
 
   // NotFound when the session has no metadata; Corruption when its token record is malformed.
   Result<SessionRecord> load_session(std::string_view session_id) const;
+  // The metadata alone (the transcript is not read). NotFound when the session does not exist.
+  Result<std::string> load_metadata(std::string_view session_id) const;
   // Removes metadata, turns and tokens in one synced batch. OK when the session does not exist.
   Status delete_session(std::string_view session_id);
   Result<std::vector<SessionSummary>> list_sessions() const;

@@ -155,9 +155,12 @@ void HttpConnection::handle_sessions(const Request& req, const Tenant& tenant, c
     return reply_error(method_not_allowed(route_, "GET or DELETE"));
   if (context_.sessions == nullptr) return reply_error(not_found("no session '" + id + "'"));
   // Another tenant's session is "not found" exactly like a missing one (the registry sees to it).
-  auto session = context_.sessions->get(tenant, id);
-  if (!session.ok()) return reply_error(not_found("no session '" + id + "'"));
   if (method == http::verb::get) {
+    auto session = context_.sessions->get(tenant, id);
+    if (!session.ok()) {
+      if (session.status().code() == StatusCode::kNotFound) return reply_error(not_found("no session '" + id + "'"));
+      return reply_error(openai_error_from_status(session.status(), "session_store_error"));
+    }
     json body;
     {
       std::lock_guard lock((*session)->mutex);
@@ -165,10 +168,7 @@ void HttpConnection::handle_sessions(const Request& req, const Tenant& tenant, c
     }
     return reply_json(http::status::ok, body);
   }
-  {
-    std::lock_guard lock((*session)->mutex);
-    if ((*session)->running) context_.engine->cancel((*session)->running->request_id);
-  }
+  // The registry's on_erased hook cancels a running response and drops the session's KV.
   const Status erased = context_.sessions->erase(tenant, id);
   if (!erased.ok()) {
     if (erased.code() == StatusCode::kNotFound) return reply_error(not_found("no session '" + id + "'"));

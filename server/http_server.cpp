@@ -16,6 +16,7 @@
 
 #include "server/agent_response.h"
 #include "server/http_connection.h"
+#include "server/session_control.h"
 #include "server/session_registry.h"
 #include "server/ws_session.h"
 
@@ -102,12 +103,7 @@ struct HttpServer::Impl {
     for (const auto& session : context.sessions->running_sessions()) {
       std::lock_guard lock(session->mutex);
       if (!session->running) continue;
-      if (session->running->agent) {
-        session->cancel_reason = reason;
-        session->running->agent->cancel();
-      } else {
-        context.engine->cancel(session->running->request_id);
-      }
+      server::cancel_running(context, *session, reason);
       ++cancelled;
     }
     return cancelled;
@@ -144,6 +140,12 @@ struct HttpServer::Impl {
 
 Status HttpServer::check_options(const ServerOptions& options) {
   if (options.io_threads < 1) return Status::invalid_argument("--io-threads must be at least 1");
+  // A live event can echo a whole client message (conversation.item.created): a queue limit below one such
+  // message would close a client that reads fine as soon as that event waits behind another.
+  if (options.max_write_queue_bytes < options.max_message_bytes)
+    return Status::invalid_argument("max_write_queue_bytes (" + std::to_string(options.max_write_queue_bytes) +
+                                    ") must be at least max_message_bytes (" +
+                                    std::to_string(options.max_message_bytes) + ")");
   beast::error_code ec;
   const auto address = net::ip::make_address(host_address(options.host), ec);
   if (ec) return Status::invalid_argument("'" + options.host + "' is not an IP address");
@@ -201,6 +203,9 @@ void HttpServer::run() {
     spdlog::info("signal {}: shutting down", signal);
     s.request_stop();
   });
+  if (s.context.sessions != nullptr)
+    s.context.sessions->on_erased(
+        [context = &s.context](const std::shared_ptr<Session>& session) { release_deleted_session(*context, session); });
   net::dispatch(s.strand, [&s] { s.do_accept(); });
   std::vector<std::thread> threads;
   for (int i = 0; i < s.context.options.io_threads; ++i)
@@ -216,6 +221,8 @@ void HttpServer::run() {
   s.drain();
   s.ioc.stop();
   for (auto& t : threads) t.join();
+  // The TTL sweep may outlive the server: it must not reach the engine through this context any more.
+  if (s.context.sessions != nullptr) s.context.sessions->on_erased(nullptr);
 }
 
 }  // namespace agentserve::server

@@ -96,7 +96,7 @@ Result<std::shared_ptr<Session>> SessionRegistry::create(const Tenant& tenant, c
   session->created_at = session->updated_at = unix_now_s();
   if (Status saved = save_metadata(*session); !saved.ok()) {
     std::lock_guard table(mutex_);
-    forget(tenant.name, session->id);
+    forget(*session);
     return saved;
   }
   return session;
@@ -107,7 +107,8 @@ Result<std::shared_ptr<Session>> SessionRegistry::get(const Tenant& tenant, std:
     std::lock_guard lock(mutex_);
     const auto it = sessions_.find(id);
     if (it != sessions_.end()) {
-      if (it->second->tenant.name != tenant.name) return Status::not_found("no session '" + std::string(id) + "'");
+      if (it->second->tenant.name != tenant.name || it->second->deleted)
+        return Status::not_found("no session '" + std::string(id) + "'");
       return it->second;
     }
   }
@@ -117,6 +118,28 @@ Result<std::shared_ptr<Session>> SessionRegistry::get(const Tenant& tenant, std:
 Result<std::shared_ptr<Session>> SessionRegistry::load(const Tenant& tenant, std::string_view id) {
   const Status not_found = Status::not_found("no session '" + std::string(id) + "'");
   if (store_ == nullptr || id.empty() || id.size() > memory::kMaxStoreIdBytes) return not_found;
+  // An erase that finishes between the store read and the insert below would be undone by the insert: read
+  // again then. Erases are rare, so a few tries always suffice in practice.
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    uint64_t generation = 0;
+    {
+      std::lock_guard lock(mutex_);
+      generation = erase_generation_;
+    }
+    auto loaded = load_record(tenant, id);
+    if (!loaded.ok()) return loaded.status();
+    std::lock_guard lock(mutex_);
+    if (erase_generation_ != generation) continue;
+    // Another thread may have loaded it meanwhile: one object per session.
+    const auto [it, inserted] = sessions_.emplace((*loaded)->id, *loaded);
+    if (it->second->deleted) return not_found;
+    return it->second;
+  }
+  return Status::internal("session '" + std::string(id) + "' kept changing while it was loaded; retry");
+}
+
+Result<std::shared_ptr<Session>> SessionRegistry::load_record(const Tenant& tenant, std::string_view id) {
+  const Status not_found = Status::not_found("no session '" + std::string(id) + "'");
   auto record = store_->load_session(id);
   if (!record.ok()) {
     if (record.status().code() == StatusCode::kNotFound) return not_found;
@@ -145,31 +168,62 @@ Result<std::shared_ptr<Session>> SessionRegistry::load(const Tenant& tenant, std
   session->seq = meta.value("seq", uint64_t{0});
   session->lost_unfinished_turn = meta.value("pending_items", 0) > 0 || meta.value("response_running", false);
   session->loaded_from_store = true;
-  std::lock_guard lock(mutex_);
-  // Another thread may have loaded it meanwhile: one object per session.
-  const auto [it, inserted] = sessions_.emplace(session->id, session);
-  return it->second;
+  return session;
+}
+
+void SessionRegistry::on_erased(ErasedHook hook) {
+  std::lock_guard lock(erase_mutex_);
+  on_erased_ = std::move(hook);
 }
 
 Status SessionRegistry::erase(const Tenant& tenant, std::string_view id) {
-  AS_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, get(tenant, id));
+  const Status not_found = Status::not_found("no session '" + std::string(id) + "'");
+  std::lock_guard erasing(erase_mutex_);
+  std::shared_ptr<Session> session;
   {
     std::lock_guard lock(mutex_);
-    forget(tenant.name, id);
+    if (const auto it = sessions_.find(id); it != sessions_.end()) {
+      if (it->second->tenant.name != tenant.name) return not_found;
+      session = it->second;
+    }
   }
-  std::lock_guard lock(session->mutex);
-  if (session->deleted) return Status::ok_status();
-  session->deleted = true;
-  emit(*session, session_deleted_event(session->id));
-  session->sink.reset();
-  if (store_ != nullptr) return store_->delete_session(id);
-  return Status::ok_status();
+  if (!session) {
+    AS_ASSIGN_OR_RETURN(session, stored_for_erase(tenant, id));
+  }
+  Status deleted_from_store;
+  {
+    std::lock_guard lock(session->mutex);
+    if (session->deleted) return not_found;
+    session->deleted = true;
+    emit(*session, session_deleted_event(session->id));
+    session->sink.reset();
+    if (store_ != nullptr) deleted_from_store = store_->delete_session(id);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    forget(*session);
+    ++erase_generation_;
+  }
+  if (on_erased_) on_erased_(session);
+  return deleted_from_store;
 }
 
-void SessionRegistry::forget(const std::string& tenant, std::string_view id) {
-  const auto it = sessions_.find(id);
-  if (it != sessions_.end()) sessions_.erase(it);
-  int& count = per_tenant_[tenant];
+Result<std::shared_ptr<Session>> SessionRegistry::stored_for_erase(const Tenant& tenant, std::string_view id) {
+  const Status not_found = Status::not_found("no session '" + std::string(id) + "'");
+  if (store_ == nullptr || id.empty() || id.size() > memory::kMaxStoreIdBytes) return not_found;
+  auto metadata = store_->load_metadata(id);
+  if (!metadata.ok()) return metadata.status().code() == StatusCode::kNotFound ? not_found : metadata.status();
+  if (stored_tenant(*metadata) != tenant.name) return not_found;
+  auto stand_in = std::make_shared<Session>(std::string(id), tenant);
+  std::lock_guard lock(mutex_);
+  // A lookup may have loaded the whole session meanwhile: delete that one.
+  return sessions_.emplace(stand_in->id, stand_in).first->second;
+}
+
+void SessionRegistry::forget(const Session& session) {
+  const auto it = sessions_.find(session.id);
+  if (it != sessions_.end() && it->second.get() == &session) sessions_.erase(it);
+  int& count = per_tenant_[session.tenant.name];
   if (count > 0) --count;
 }
 
@@ -227,6 +281,7 @@ std::string SessionRegistry::metadata_json(const Session& session) const {
 }
 
 Status SessionRegistry::commit_turn(Session& session, std::vector<int32_t> tokens) {
+  if (session.deleted) return Status::not_found("session '" + session.id + "' was deleted");
   const json turn = {{"messages", messages_json(session.messages, session.committed_messages)}};
   const uint32_t index = session.turns;
   session.tokens = std::move(tokens);
@@ -239,9 +294,19 @@ Status SessionRegistry::commit_turn(Session& session, std::vector<int32_t> token
 }
 
 Status SessionRegistry::save_metadata(Session& session) {
+  if (session.deleted) return Status::not_found("session '" + session.id + "' was deleted");
   session.updated_at = unix_now_s();
   if (store_ == nullptr) return Status::ok_status();
   return store_->put_metadata(session.id, metadata_json(session));
+}
+
+bool SessionRegistry::take_lost_unfinished_turn(Session& session) {
+  if (!session.lost_unfinished_turn) return false;
+  session.lost_unfinished_turn = false;
+  // The stored metadata still says an unfinished turn was running; saved now, it no longer does.
+  if (Status saved = save_metadata(session); !saved.ok())
+    spdlog::warn("session {}: saving metadata: {}", session.id, saved.to_string());
+  return true;
 }
 
 json SessionRegistry::describe(const Session& session) const {

@@ -6,14 +6,16 @@
 // first use (after a restart).
 //
 // It must never return a session to another tenant (that tenant sees NotFound, as for an unknown id), never
-// block on the engine, and never write a partial turn. Thread-safe: the table has its own lock; each
+// block on the engine, never write a partial turn, and never write a deleted session back. Thread-safe: the table has its own lock; each
 // Session's state is guarded by Session::mutex, which callers hold while they touch it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,6 +58,9 @@ struct RunningResponse {
   engine::RequestId request_id = 0;  // the warm-up's
   bool warmup = false;
   std::shared_ptr<AgentResponse> agent;
+  // The warm-up's: whether the resume that started it found every event after its last_seq still kept
+  // (session.resumed reports it once the warm-up ends).
+  bool replay_complete = true;
 };
 
 struct SessionEventRecord {
@@ -79,7 +84,9 @@ struct Session {
   int64_t created_at = 0;         // unix seconds
   int64_t updated_at = 0;
   std::optional<RunningResponse> running;
-  bool deleted = false;
+  // Set once, under `mutex`, by SessionRegistry::erase. Atomic so that a lookup under the table's lock can
+  // refuse a session being deleted without taking the session's lock.
+  std::atomic<bool> deleted{false};
   // Why the running response is being cancelled ("client_cancelled", "server_shutdown"); emit() puts it in
   // that response's response.done as status_details and clears it.
   std::string cancel_reason;
@@ -120,9 +127,15 @@ class SessionRegistry {
   // The tenant's session: in memory, else loaded from the store (loaded_from_store set). NotFound when it
   // does not exist or belongs to another tenant.
   Result<std::shared_ptr<Session>> get(const Tenant& tenant, std::string_view id);
-  // Removes the session from memory and the store and emits session.deleted to its connection. The caller
-  // cancels a running response first (the registry never calls the engine). NotFound as for get().
+  // Removes the session from memory and the store, emits session.deleted (its last event) to its
+  // connection, then hands the session, marked deleted, to the on_erased hook. A session only in the store
+  // is deleted from its metadata alone (its transcript is not read, so one stored under other limits can
+  // still be deleted). NotFound as for get(), and for a session already deleted.
   Status erase(const Tenant& tenant, std::string_view id);
+  // What the server does with an erased session's running work and KV (server/session_control.h): the
+  // registry never calls the engine itself. Called on the erasing thread, no lock held. Null: nothing.
+  using ErasedHook = std::function<void(const std::shared_ptr<Session>&)>;
+  void on_erased(ErasedHook hook);
 
   // Stamps type-independent envelope fields (event_id, seq, session_id) and, on a cancelled response.done,
   // status_details from session.cancel_reason; keeps the frame for replay and hands it to the attached
@@ -136,11 +149,14 @@ class SessionRegistry {
   void detach(Session& session, const EventSink* sink);
 
   // Persists a finished turn: the messages since the last turn (the assistant's answer included) and
-  // `tokens`, atomically and synced. Caller holds session.mutex.
+  // `tokens`, atomically and synced. NotFound for a deleted session. Caller holds session.mutex.
   Status commit_turn(Session& session, std::vector<int32_t> tokens);
   // Persists the metadata alone (session.update, a new item, a response starting: a crash after them is
-  // reported as a lost unfinished turn). Caller holds session.mutex.
+  // reported as a lost unfinished turn). NotFound for a deleted session. Caller holds session.mutex.
   Status save_metadata(Session& session);
+  // Whether items or a response after the last turn were lost in a crash; true once: the flag is cleared
+  // and the metadata saved, so the next resume does not report the same loss. Caller holds session.mutex.
+  bool take_lost_unfinished_turn(Session& session);
 
   // The session as the REST API and session.created/resumed show it. Caller holds session.mutex.
   nlohmann::json describe(const Session& session) const;
@@ -156,9 +172,16 @@ class SessionRegistry {
   std::vector<std::shared_ptr<Session>> running_sessions() const;
 
  private:
-  void forget(const std::string& tenant, std::string_view id);  // caller holds mutex_
+  // Drops `session` from the table (if it is still the one under its id) and from its tenant's count.
+  // Caller holds mutex_.
+  void forget(const Session& session);
+  // A stand-in for a session only in the store, made from its metadata for erase(); NotFound when absent or
+  // another tenant's.
+  Result<std::shared_ptr<Session>> stored_for_erase(const Tenant& tenant, std::string_view id);
   std::string metadata_json(const Session& session) const;
   Result<std::shared_ptr<Session>> load(const Tenant& tenant, std::string_view id);
+  // The stored session as an object, not yet in the table.
+  Result<std::shared_ptr<Session>> load_record(const Tenant& tenant, std::string_view id);
   void sweep_loop();
 
   RegistryOptions options_;
@@ -167,6 +190,13 @@ class SessionRegistry {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_;
   std::map<std::string, int, std::less<>> per_tenant_;  // sessions in memory or in the store
+  // Bumped (under mutex_) when an erase has finished: a load that read the store before it must read again,
+  // or it would put the deleted session back in the table.
+  uint64_t erase_generation_ = 0;
+  // One erase at a time: two erases of one session must not both count it off its tenant. Erases are rare
+  // (a client's delete, the TTL sweep), so this never holds up lookups, which do not take it.
+  std::mutex erase_mutex_;
+  ErasedHook on_erased_;  // guarded by erase_mutex_
 
   std::mutex sweep_mutex_;
   std::condition_variable sweep_cv_;

@@ -46,14 +46,6 @@ std::optional<ProtocolError> check_session_tools(const ServerContext& context, c
 // event from the engine's callback, so a delta emitted by that task left the engine at this time.
 thread_local std::optional<std::chrono::steady_clock::time_point> t_posted_at;
 
-// The longest prefix of `tokens` that another session's token ids start with too.
-int shared_prefix(const std::vector<int32_t>& tokens, const std::vector<int32_t>& other) {
-  const size_t n = std::min(tokens.size(), other.size());
-  size_t i = 0;
-  while (i < n && tokens[i] == other[i]) ++i;
-  return static_cast<int>(i);
-}
-
 }  // namespace
 
 size_t ServerContext::live_connections() {
@@ -225,10 +217,10 @@ void WsSession::on_session_resume(const ClientEvent& event) {
   if (session->loaded_from_store && !session->running && !session->tokens.empty()) {
     // After a restart: bring the conversation's KV back (from disk where it was spilled) with a prefill-only
     // request; session.resumed follows when it ends, with what was restored and what recomputed.
-    if (start_warmup(session).ok()) return;
+    if (start_warmup(session, report.replay_complete).ok()) return;
   }
   report.turns = session->turns;
-  report.lost_unfinished_turn = session->lost_unfinished_turn;
+  report.lost_unfinished_turn = context_.sessions->take_lost_unfinished_turn(*session);
   context_.sessions->emit(*session, session_resumed_event(context_.sessions->describe(*session), report));
 }
 
@@ -236,6 +228,7 @@ void WsSession::on_session_update(const ClientEvent& event) {
   auto session = find_session(event);
   if (!session) return;
   std::lock_guard lock(session->mutex);
+  if (session->deleted) return send_error(session_not_found(session->id), event.event_id);
   SessionConfig config = session->config;
   const int vocab = static_cast<int>(context_.engine->config().vocab_size);
   auto error = apply_session_fields(event.session_update, "session", context_.options, vocab, config);
@@ -257,7 +250,13 @@ std::shared_ptr<Session> WsSession::find_session(const ClientEvent& event) {
     return nullptr;
   }
   for (const auto& s : sessions_)
-    if (s->id == event.session_id) return s;
+    if (s->id == event.session_id) {
+      if (!s->deleted) return s;
+      // Deleted elsewhere (over HTTP, by the TTL sweep): it is gone for this connection too.
+      std::erase(sessions_, s);
+      send_error(session_not_found(event.session_id), event.event_id);
+      return nullptr;
+    }
   send_error(invalid("session_not_found",
                      "no session '" + event.session_id + "' on this connection (session.resume attaches one)",
                      "session_id"),
@@ -268,28 +267,12 @@ std::shared_ptr<Session> WsSession::find_session(const ClientEvent& event) {
 void WsSession::on_session_delete(const ClientEvent& event) {
   auto session = find_session(event);
   if (!session) return;
-  std::vector<int32_t> tokens;
-  {
-    // A running response is cancelled; its callbacks see the session deleted and commit nothing.
-    std::lock_guard lock(session->mutex);
-    if (session->running) {
-      if (session->running->agent) session->running->agent->cancel();
-      else context_.engine->cancel(session->running->request_id);
-    }
-    tokens = session->tokens;
-    ++session->pin_epoch;
-  }
   std::erase(sessions_, session);
-  if (Status erased = context_.sessions->erase(*tenant_, session->id); !erased.ok())
+  // The registry's on_erased hook cancels a running response and drops the session's KV.
+  if (Status erased = context_.sessions->erase(*tenant_, session->id); !erased.ok()) {
+    if (erased.code() == StatusCode::kNotFound) return send_error(session_not_found(session->id), event.event_id);
     return send_error(error_from_status(erased, "store_error", "session_id"), event.event_id);
-  // Its KV goes too, except the blocks another live session of the tenant still starts with.
-  context_.engine->unpin(session->id);
-  int keep = 0;
-  for (const auto& other : context_.sessions->tenant_sessions(session->tenant.name, session.get())) {
-    std::lock_guard lock(other->mutex);
-    keep = std::max(keep, shared_prefix(tokens, other->tokens));
   }
-  if (!tokens.empty()) context_.engine->discard(std::move(tokens), session->tenant.cache_salt, keep);
 }
 
 void WsSession::on_item_create(const ClientEvent& event) {
@@ -297,6 +280,7 @@ void WsSession::on_item_create(const ClientEvent& event) {
   if (!session) return;
   if (event.tool_output) return on_tool_output(session, *event.tool_output, event.event_id);
   std::lock_guard lock(session->mutex);
+  if (session->deleted) return send_error(session_not_found(session->id), event.event_id);
   // The assistant's answer is appended when the response ends; an item in between would land before it.
   if (session->running)
     return send_error(invalid("response_in_progress",
@@ -338,6 +322,7 @@ void WsSession::on_response_create(const ClientEvent& event) {
   auto session = find_session(event);
   if (!session) return;
   std::lock_guard lock(session->mutex);
+  if (session->deleted) return send_error(session_not_found(session->id), event.event_id);
   if (session->running)
     return send_error(invalid("response_in_progress",
                               session->running->warmup ? "the session is being resumed: wait for session.resumed"
@@ -415,7 +400,7 @@ Status WsSession::start_agent_response(const std::shared_ptr<Session>& session, 
   return Status::ok_status();
 }
 
-Status WsSession::start_warmup(const std::shared_ptr<Session>& session) {
+Status WsSession::start_warmup(const std::shared_ptr<Session>& session, bool replay_complete) {
   engine::GenerationRequest request;
   request.prompt = session->tokens;
   request.prefill_only = true;
@@ -432,6 +417,7 @@ Status WsSession::start_warmup(const std::shared_ptr<Session>& session) {
   running.id = make_id("r_");
   running.request_id = *submitted;
   running.warmup = true;
+  running.replay_complete = replay_complete;
   session->running = std::move(running);
   return Status::ok_status();
 }
@@ -454,14 +440,15 @@ void WsSession::deliver(ServerContext& context, const std::shared_ptr<Session>& 
   std::lock_guard lock(session->mutex);
   if (!session->running || !session->running->warmup || session->running->request_id != event.request_id) return;
   ResumeReport report;
+  report.replay_complete = session->running->replay_complete;
   report.turns = session->turns;
-  report.lost_unfinished_turn = session->lost_unfinished_turn;
   report.restored_tokens = event.usage.restored_tokens;
   report.recomputed_tokens = event.usage.prompt_tokens - event.usage.cached_tokens;
   session->running.reset();
   session->loaded_from_store = false;
-  if (!session->deleted)
-    context.sessions->emit(*session, session_resumed_event(context.sessions->describe(*session), report));
+  if (session->deleted) return;
+  report.lost_unfinished_turn = context.sessions->take_lost_unfinished_turn(*session);
+  context.sessions->emit(*session, session_resumed_event(context.sessions->describe(*session), report));
 }
 
 bool WsSession::any_running() const {

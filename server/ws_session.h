@@ -85,8 +85,9 @@ class WsSession : public EventSink, public std::enable_shared_from_this<WsSessio
   // Starts a response's turn loop on `session` (on this strand); caller holds session.mutex.
   Status start_agent_response(const std::shared_ptr<Session>& session, engine::SamplingParams sampling,
                               const std::string& event_id);
-  // After a restart: a prefill-only request for the session's committed tokens; caller holds session.mutex.
-  Status start_warmup(const std::shared_ptr<Session>& session);
+  // After a restart: a prefill-only request for the session's committed tokens; session.resumed reports
+  // `replay_complete` (the resume's) when it ends. Caller holds session.mutex.
+  Status start_warmup(const std::shared_ptr<Session>& session, bool replay_complete);
   // Timers on this connection's strand (client tool deadlines, idle pins); they outlive the connection.
   Scheduler scheduler();
 

@@ -57,6 +57,10 @@ TEST_CASE("committed turns, tokens and metadata load back in turn order") {
   CHECK(rec->tokens == std::vector<int32_t>{1, -2});
   CHECK(sessions.load_session("s").status().code() == StatusCode::kNotFound);
   CHECK(sessions.load_session("").status().code() == StatusCode::kInvalidArgument);
+  auto metadata = sessions.load_metadata("s1");
+  REQUIRE(metadata.ok());
+  CHECK(*metadata == R"({"n":2})");
+  CHECK(sessions.load_metadata("s").status().code() == StatusCode::kNotFound);
 }
 
 TEST_CASE("delete_session removes one session entirely and leaves a session with a longer id alone") {

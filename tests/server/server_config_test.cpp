@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include "base/sha256.h"
+#include "server/http_server.h"
 #include "server/server_config.h"
 
 using namespace agentserve;
@@ -78,4 +79,15 @@ TEST_CASE("a config over a base keeps the base's fields it does not name") {
   REQUIRE(config.ok());
   CHECK(config->options.port == 1234);
   CHECK(config->options.io_threads == 2);
+}
+
+TEST_CASE("a write queue limit below one client message is refused at start") {
+  ServerOptions options;
+  options.max_message_bytes = size_t{1} << 20;
+  options.max_write_queue_bytes = size_t{512} << 10;
+  const Status refused = HttpServer::check_options(options);
+  CHECK(refused.code() == StatusCode::kInvalidArgument);
+  CHECK(refused.message().find("max_write_queue_bytes") != std::string::npos);
+  options.max_write_queue_bytes = options.max_message_bytes;
+  CHECK(HttpServer::check_options(options).ok());
 }

@@ -2,7 +2,9 @@
 // "restart" (a new registry on the same database), seq and the replay window, takeover, delete and TTL.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "memory/rocksdb_store.h"
@@ -207,4 +209,86 @@ TEST_CASE("delete removes the session and its transcript from the store; the TTL
   CHECK(registry.sweep_expired(now + 101) == 1);
   CHECK(registry.get(tenant, kept->id).status().code() == StatusCode::kNotFound);
   CHECK(db.store->load_session(kept->id).status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("an erase reaches the on_erased hook once, and a deleted session is never written back") {
+  const auto dir = testing::scratch_dir("server_session_registry_test", "erase_hook");
+  Db db(dir);
+  TenantLimits one;
+  one.max_sessions = 1;
+  Auth auth({}, {{"alpha", one}}, TenantLimits{});
+  const Tenant alpha = auth.tenant("alpha");
+  SessionRegistry registry(options(), db.store.get(), auth);
+  std::vector<std::string> erased;
+  registry.on_erased([&](const std::shared_ptr<Session>& session) {
+    CHECK(session->deleted);
+    erased.push_back(session->id);
+  });
+  auto session = *registry.create(alpha, SessionConfig{});
+  // Two deletes of one session (a client's and the TTL sweep's, say): one succeeds, the other finds nothing,
+  // and the tenant's count goes down once.
+  std::vector<std::thread> deleters;
+  std::atomic<int> succeeded{0};
+  for (int i = 0; i < 2; ++i)
+    deleters.emplace_back([&] { succeeded += registry.erase(alpha, session->id).ok() ? 1 : 0; });
+  for (auto& t : deleters) t.join();
+  CHECK(succeeded == 1);
+  CHECK(erased == std::vector<std::string>{session->id});
+  auto replacement = registry.create(alpha, SessionConfig{});
+  REQUIRE(replacement.ok());
+  CHECK(registry.create(alpha, SessionConfig{}).status().code() == StatusCode::kResourceExhausted);
+
+  // A response still holding the deleted session must not bring it back into the store.
+  std::lock_guard lock(session->mutex);
+  session->messages.push_back({"user", "late"});
+  CHECK(registry.save_metadata(*session).code() == StatusCode::kNotFound);
+  CHECK(registry.commit_turn(*session, {1, 2}).code() == StatusCode::kNotFound);
+  CHECK(db.store->load_session(session->id).status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("a stored session that today's limits refuse to load can still be deleted, by its owner only") {
+  const auto dir = testing::scratch_dir("server_session_registry_test", "erase_unloadable");
+  Db db(dir);
+  Auth auth;
+  const Tenant tenant = auth.tenant("default");
+  // Stored by a server whose limits allowed a larger max_tokens than this one's.
+  json config = {{"sampling", {{"max_tokens", 1 << 30}}}};
+  REQUIRE(db.store->put_metadata("s_old", json{{"tenant", "default"}, {"config", config}}.dump()).ok());
+  SessionRegistry registry(options(), db.store.get(), auth);
+  auto loaded = registry.get(tenant, "s_old");
+  REQUIRE_FALSE(loaded.ok());
+  CHECK(loaded.status().code() == StatusCode::kCorruption);
+  CHECK(registry.erase(auth.tenant("other"), "s_old").code() == StatusCode::kNotFound);
+  REQUIRE(registry.erase(tenant, "s_old").ok());
+  CHECK(db.store->load_metadata("s_old").status().code() == StatusCode::kNotFound);
+  CHECK(registry.erase(tenant, "s_old").code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("a lost unfinished turn is reported once, also across a restart after the report") {
+  const auto dir = testing::scratch_dir("server_session_registry_test", "lost_once");
+  Auth auth;
+  const Tenant tenant = auth.tenant("default");
+  std::string id;
+  {
+    Db db(dir);
+    SessionRegistry registry(options(), db.store.get(), auth);
+    auto session = *registry.create(tenant, SessionConfig{});
+    id = session->id;
+    std::lock_guard lock(session->mutex);
+    session->messages.push_back({"user", "never answered"});
+    REQUIRE(registry.save_metadata(*session).ok());
+  }
+  {
+    Db db(dir);
+    SessionRegistry registry(options(), db.store.get(), auth);
+    auto session = *registry.get(tenant, id);
+    std::lock_guard lock(session->mutex);
+    CHECK(registry.take_lost_unfinished_turn(*session));
+    CHECK_FALSE(registry.take_lost_unfinished_turn(*session));
+  }
+  Db db(dir);
+  SessionRegistry registry(options(), db.store.get(), auth);
+  auto session = *registry.get(tenant, id);
+  std::lock_guard lock(session->mutex);
+  CHECK_FALSE(registry.take_lost_unfinished_turn(*session));
 }

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/scratch_dir.h"
@@ -225,6 +226,8 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
     const json resumed = client.read_until("session.resumed");
     CHECK(resumed["turns"] == kTurns);
     CHECK(resumed["lost_unfinished_turn"] == false);
+    // The events before the restart were kept in memory only: a resume from seq 0 cannot get them back.
+    CHECK(resumed["replay_complete"] == false);
     const int restored = resumed["restored_tokens"];
     const int recomputed = resumed["recomputed_tokens"];
     MESSAGE("after kill -9: restored " << restored << ", recomputed " << recomputed);
@@ -264,6 +267,12 @@ TEST_CASE("after kill -9 a resumed session has every committed turn and answers 
   // itself is re-tokenized from its text, so its tokens may differ from the ones generated).
   CHECK(restored > 0);
   CHECK(recomputed < 64);
+  // The loss is reported once: a later resume (here on another connection) no longer reports it.
+  Client later(server.port(), kAlphaKey);
+  later.send(json{{"type", "session.resume"}, {"session_id", id}, {"last_seq", client.last_seq(id)}});
+  const json resumed_again = later.read_until("session.resumed");
+  CHECK(resumed_again["lost_unfinished_turn"] == false);
+  CHECK(resumed_again["replay_complete"] == true);
   CHECK(server.stop() == 0);
 }
 
@@ -271,7 +280,10 @@ TEST_CASE("a client closed for not reading resumes and gets every missed event e
           "then response.done") {
   // Live output waiting behind the write in flight is capped at 256 KiB; the replay window holds it all.
   Fixture f("unread",
-            {{"max_write_queue_bytes", 262144}, {"replay_max_bytes", 64 << 20}, {"replay_max_events", 16384}});
+            {{"max_write_queue_bytes", 262144},
+             {"max_message_bytes", 131072},
+             {"replay_max_bytes", 64 << 20},
+             {"replay_max_events", 16384}});
   ServerProcess server;
   server.start(f.args());
   std::string id;
@@ -378,5 +390,54 @@ TEST_CASE("SIGTERM with a grace period shorter than the response cancels it (rea
   CHECK(resumed["turns"] == 1);
   CHECK(resumed["session"]["id"] == id);
   CHECK(turn(client, "after the restart")["response"]["status"] != "failed");
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("deleting a session over HTTP while its response runs cancels the response: the tenant's slot frees, "
+          "the connection gets session.deleted, and the session is gone there too") {
+  Fixture f("http_delete_running");
+  ServerProcess server;
+  server.start(f.args());
+  Client client(server.port(), kBetaKey);  // beta: one response at a time, two sessions
+  const std::string id = create_session(client, 8);
+  client.send(user_message("Count to a thousand"));
+  client.read_until("conversation.item.created");
+  client.send(json{{"type", "response.create"}, {"response", {{"sampling", {{"max_tokens", 4000}}}}}});
+  client.read_until("response.output_text.delta");
+
+  const auto deleted = http_request(server.port(), http::verb::delete_, "/v1/sessions/" + id, "", kBetaKey);
+  CHECK(deleted.status == 200);
+  client.read_until("session.deleted");
+
+  // The cancelled loop hands the tenant's only response slot back: a new session's response is admitted
+  // well before the 4000 tokens could have been generated.
+  const std::string second = create_session(client, 4);
+  client.send(user_message("hello"));
+  client.read_until("conversation.item.created");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  bool admitted = false;
+  while (!admitted && std::chrono::steady_clock::now() < deadline) {
+    client.send(json{{"type", "response.create"}, {"session_id", second}});
+    const json reply = client.read();
+    if (reply["type"] == "response.created") {
+      admitted = true;
+    } else {
+      REQUIRE(reply["type"] == "error");
+      REQUIRE(reply["error"]["code"] == "tenant_concurrency_limit");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  CHECK(admitted);
+  CHECK(client.read_until("response.done")["session_id"] == second);
+  // The deleted session's response ended cancelled (not by running out its tokens); its events stopped at
+  // session.deleted, so only the metrics tell.
+  const auto metrics = http_request(server.port(), http::verb::get, "/metrics", "", kBetaKey);
+  CHECK(metrics.body.find("agentserve_requests_total{status=\"cancelled\"} 1") != std::string::npos);
+
+  json item = user_message("still there?");
+  item["session_id"] = id;
+  client.send(item);
+  CHECK(client.read_until("error")["error"]["code"] == "session_not_found");
+  CHECK(http_request(server.port(), http::verb::get, "/v1/sessions/" + id, "", kBetaKey).status == 404);
   CHECK(server.stop() == 0);
 }
