@@ -20,6 +20,7 @@
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/paged_attention.h"
+#include "tests/engine/paged_kv_reference.h"
 
 namespace agentserve {
 namespace {
@@ -177,30 +178,14 @@ TEST_CASE(
     REQUIRE(backend->synchronize().ok());  // the K/V buffers go out of scope here
 
     // Reference blocks [kv head][slot][dim], in the chunk's table order.
-    std::vector<std::vector<float>> kb(static_cast<size_t>(n_blocks),
-                                       std::vector<float>(static_cast<size_t>(block_size) * kv_row)),
-        vb = kb;
-    for (int p = 0; p < ctx; ++p)
-      for (int h = 0; h < n_kv_heads; ++h)
-        for (int d = 0; d < head_dim; ++d) {
-          const size_t dst = (static_cast<size_t>(h) * block_size + static_cast<size_t>(p % block_size)) *
-                                 static_cast<size_t>(head_dim) +
-                             static_cast<size_t>(d);
-          const size_t src = static_cast<size_t>(p) * kv_row + static_cast<size_t>(h * head_dim + d);
-          kb[static_cast<size_t>(p / block_size)][dst] = k[src];
-          vb[static_cast<size_t>(p / block_size)][dst] = v[src];
-        }
-    std::vector<const float*> kp, vp;
-    for (int i = 0; i < n_blocks; ++i) {
-      kp.push_back(kb[static_cast<size_t>(i)].data());
-      vp.push_back(vb[static_cast<size_t>(i)].data());
-    }
+    const testing::ReferenceKvBlocks blocks =
+        testing::reference_kv_blocks(k, v, ctx, n_kv_heads, head_dim, block_size);
     std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
     std::vector<float> chunk_q(q_row);
     for (float& x : chunk_q) x = dist(rng);
     std::vector<float> out(q_row);
-    kernels::paged_attention_ref(out.data(), chunk_q.data(), kp.data(), vp.data(), ctx, block_size, n_heads,
-                                 n_kv_heads, head_dim, scale);
+    kernels::paged_attention_ref(out.data(), chunk_q.data(), blocks.k_blocks.data(), blocks.v_blocks.data(),
+                                 ctx, block_size, n_heads, n_kv_heads, head_dim, scale);
     want.insert(want.end(), out.begin(), out.end());
     q.insert(q.end(), chunk_q.begin(), chunk_q.end());
     query_start.push_back(query_start.back() + 1);

@@ -23,6 +23,7 @@
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "tests/engine/paged_kv_reference.h"
 
 namespace agentserve::engine {
 namespace {
@@ -319,30 +320,14 @@ void check_paged_attention(Backend& b, int head_dim, int n_heads,
     b.kv_write(**cache, layer, d_k.as<float>(), d_v.as<float>(), d_slots.as<int32_t>(), first);
 
     // Reference: host blocks in the paged_attention_ref layout, query i sees positions < ctx - n_q + i + 1.
-    std::vector<std::vector<float>> kb(static_cast<size_t>(n_blocks),
-                                       std::vector<float>(static_cast<size_t>(block_size) * kv_row)),
-        vb = kb;
-    for (int p = 0; p < ctx; ++p)
-      for (int h = 0; h < n_kv_heads; ++h)
-        for (int d = 0; d < head_dim; ++d) {
-          const size_t dst = (static_cast<size_t>(h) * block_size + static_cast<size_t>(p % block_size)) *
-                                 static_cast<size_t>(head_dim) +
-                             static_cast<size_t>(d);
-          const size_t src = static_cast<size_t>(p) * kv_row + static_cast<size_t>(h * head_dim + d);
-          kb[static_cast<size_t>(p / block_size)][dst] = k[src];
-          vb[static_cast<size_t>(p / block_size)][dst] = v[src];
-        }
-    std::vector<const float*> kp, vp;
-    for (int i = 0; i < n_blocks; ++i) {
-      kp.push_back(kb[static_cast<size_t>(i)].data());
-      vp.push_back(vb[static_cast<size_t>(i)].data());
-    }
+    const testing::ReferenceKvBlocks blocks =
+        testing::reference_kv_blocks(k, v, ctx, n_kv_heads, head_dim, block_size);
     const auto chunk_q = random_floats(rng, static_cast<size_t>(n_q) * q_row, -2.0f, 2.0f);
     for (int i = 0; i < n_q; ++i) {
       std::vector<float> out(q_row);
-      kernels::paged_attention_ref(out.data(), chunk_q.data() + static_cast<size_t>(i) * q_row, kp.data(),
-                                   vp.data(), ctx - n_q + i + 1, block_size, n_heads, n_kv_heads, head_dim,
-                                   1.0f / std::sqrt(static_cast<float>(head_dim)));
+      kernels::paged_attention_ref(out.data(), chunk_q.data() + static_cast<size_t>(i) * q_row,
+                                   blocks.k_blocks.data(), blocks.v_blocks.data(), ctx - n_q + i + 1, block_size,
+                                   n_heads, n_kv_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim)));
       want.insert(want.end(), out.begin(), out.end());
     }
     q.insert(q.end(), chunk_q.begin(), chunk_q.end());
