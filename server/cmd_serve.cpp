@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <map>
-#include <mutex>
 #include <thread>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -15,14 +13,13 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "agent/tool_call_constraint.h"
-#include "agent/token_mask.h"
 #include "engine/engine.h"
 #include "memory/rocksdb_store.h"
 #include "memory/session_store.h"
 #include "server/auth.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
+#include "server/constraint_cache.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/server_config.h"
@@ -79,45 +76,6 @@ Status apply_moderation_flags(const ServeArgs& args, agent::ModerationConfig& mo
   AS_ASSIGN_OR_RETURN(moderation, agent::moderation_config_from_json(nlohmann::json::object(), moderation));
   return Status::ok_status();
 }
-
-// Tool-call decoding constraints (tool_choice required / named), compiled once per tool set over one
-// vocabulary index built at start. Thread-safe: sessions on any io thread ask for theirs.
-class ToolCallConstraints {
- public:
-  ToolCallConstraints(const engine::Engine& engine, int max_string_length)
-      : index_(std::make_shared<const agent::VocabularyIndex>(engine.tokenizer(),
-                                                              static_cast<int>(engine.config().vocab_size))),
-        max_string_length_(max_string_length) {
-    if (auto im_end = engine.tokenizer().token_to_id("<|im_end|>")) eos_ids_.push_back(*im_end);
-  }
-
-  Result<std::shared_ptr<engine::TokenConstraint>> start(std::span<const tools::ToolSpec* const> allowed) {
-    std::string key;
-    std::vector<agent::ToolSchema> schemas;
-    for (const tools::ToolSpec* spec : allowed) {
-      key += spec->name + '\n' + spec->parameters.dump() + '\n';
-      schemas.push_back({spec->name, spec->parameters});
-    }
-    std::lock_guard lock(mutex_);
-    auto it = compiled_.find(key);
-    if (it == compiled_.end()) {
-      agent::ToolCallConstraintOptions options;
-      options.max_string_length = max_string_length_;
-      // Bounds the grammar cannot express are left to the registry, which validates every call in full.
-      options.schema.skip_unenforced_keywords = true;
-      AS_ASSIGN_OR_RETURN(auto compiled, agent::CompiledConstraint::for_tool_calls(index_, schemas, options, eos_ids_));
-      it = compiled_.emplace(std::move(key), std::move(compiled)).first;
-    }
-    return it->second->start();
-  }
-
- private:
-  std::shared_ptr<const agent::VocabularyIndex> index_;
-  int max_string_length_ = 0;
-  std::vector<int32_t> eos_ids_;
-  std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<agent::CompiledConstraint>> compiled_;
-};
 
 // The HTTP tools' outbound client on a thread of its own (the server's io_context is private to it).
 struct HttpToolClient {
@@ -221,7 +179,7 @@ int serve(const ServeArgs& args) {
     if (Status registered = tools::register_builtin_tools(tool_registry, std::move(deps)); !registered.ok())
       return report_error(registered);
   }
-  std::unique_ptr<ToolCallConstraints> constraints;
+  std::unique_ptr<server::ConstraintCache> constraints;
   std::unique_ptr<server::SessionRegistry> sessions;
   std::unique_ptr<server::HttpServer> http;
   auto engine = engine::Engine::open(engine_options);
@@ -234,7 +192,10 @@ int serve(const ServeArgs& args) {
   http = std::move(*started);
   http->context().auth = &auth;
   http->context().sessions = sessions.get();
-  constraints = std::make_unique<ToolCallConstraints>(**engine, args.tool_arg_max_chars);
+  constraints = std::make_unique<server::ConstraintCache>(
+      server::tool_call_compiler((*engine)->tokenizer(), static_cast<int>((*engine)->config().vocab_size),
+                                 args.tool_arg_max_chars),
+      options.constraint_cache_entries);
   http->context().tools = &tool_registry;
   http->context().tool_call_constraint = [c = constraints.get()](std::span<const tools::ToolSpec* const> allowed) {
     return c->start(allowed);

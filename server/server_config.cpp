@@ -146,6 +146,8 @@ Status read_option(const std::string& key, const json& value, ServerOptions& o) 
     return read_seconds(value, key, 1, o.session_sweep_interval);
   } else if (key == "idle_pin_window_seconds") {
     return read_seconds(value, key, 0, o.idle_pin_window);
+  } else if (key == "tool_constraint_cache_entries") {
+    return read_into(value, key, 1, 1 << 16, o.constraint_cache_entries);
   } else {
     return unknown_key(key);
   }

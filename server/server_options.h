@@ -51,6 +51,10 @@ struct ServerOptions {
   std::chrono::seconds session_ttl{0};
   std::chrono::seconds session_sweep_interval{60};
   std::chrono::seconds idle_pin_window{300};
+
+  // Compiled tool-call constraints (tool_choice required / named) kept, one per distinct tool set; each can
+  // hold ~10 MB of cached token masks on Qwen3's vocabulary.
+  size_t constraint_cache_entries = 16;  // kDefaultConstraintCacheEntries (server/constraint_cache.h)
 };
 
 }  // namespace agentserve::server

@@ -18,8 +18,11 @@ namespace agentserve::tools {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+struct ToolCall;
+using DeadlineMap = std::multimap<Clock::time_point, std::shared_ptr<ToolCall>>;
+
 // One execute(): whichever of the worker (the tool's answer) and the deadline thread (timeout, an answer
-// decided up front, shutdown) comes first reports; `reported` makes that exactly once.
+// decided up front, shutdown) claims it first reports; `reported` makes that exactly once.
 struct ToolCall {
   std::string name;
   ToolFunction run;
@@ -30,11 +33,19 @@ struct ToolCall {
   std::optional<ToolResult> decided;  // reported at once by the deadline thread, nothing runs
   ToolDone done;
   std::atomic<bool> reported{false};
+  // Its entry in ToolExecutor::deadlines_ while it has one, so a call that finishes early takes it out at
+  // once instead of leaving it until its timeout. Guarded by the executor's mutex.
+  std::optional<DeadlineMap::iterator> deadline_entry;
 
-  void report(ToolResult result) {
-    if (reported.exchange(true)) return;  // the other side won; a late answer is dropped here
+  // True for the one side that may report; the other side's answer is dropped.
+  bool claim() { return !reported.exchange(true); }
+  // Only after a successful claim().
+  void answer(ToolResult result) {
     ToolDone callback = std::move(done);
     if (callback) callback(std::move(result));
+  }
+  void report(ToolResult result) {
+    if (claim()) answer(std::move(result));
   }
 };
 
@@ -63,11 +74,16 @@ class ToolExecutor {
   void submit(std::shared_ptr<ToolCall> call) {
     {
       std::lock_guard lock(mu_);
-      deadlines_.emplace(call->deadline, call);
+      call->deadline_entry = deadlines_.emplace(call->deadline, call);
       if (!call->decided) work_.push_back(std::move(call));
     }
     work_cv_.notify_one();
     deadline_cv_.notify_one();
+  }
+
+  size_t pending_calls() {
+    std::lock_guard lock(mu_);
+    return deadlines_.size();
   }
 
  private:
@@ -102,7 +118,19 @@ class ToolExecutor {
         work_.pop_front();
       }
       if (call->reported.load()) continue;  // timed out while queued: do not start it
-      call->report(run_guarded(*call));
+      ToolResult result = run_guarded(*call);
+      if (!call->claim()) continue;  // the deadline thread answered first
+      // Claimed, so the deadline thread will not report it; its entry goes now, not at its timeout (a busy
+      // server with long timeouts would otherwise hold every finished call until then). Before `done`, so a
+      // caller that got its answer sees the call gone from pending_calls().
+      {
+        std::lock_guard lock(mu_);
+        if (call->deadline_entry) {
+          deadlines_.erase(*call->deadline_entry);
+          call->deadline_entry.reset();
+        }
+      }
+      call->answer(std::move(result));
     }
   }
 
@@ -121,6 +149,7 @@ class ToolExecutor {
       }
       std::shared_ptr<ToolCall> call = std::move(first->second);
       deadlines_.erase(first);
+      call->deadline_entry.reset();
       lock.unlock();
       if (call->decided) {
         call->report(std::move(*call->decided));
@@ -129,7 +158,9 @@ class ToolExecutor {
       }
       lock.lock();
     }
-    auto pending = std::move(deadlines_);
+    for (auto& [when, call] : deadlines_) call->deadline_entry.reset();
+    DeadlineMap pending = std::move(deadlines_);
+    deadlines_.clear();
     lock.unlock();
     for (auto& [when, call] : pending) {
       if (call->decided) {
@@ -145,7 +176,7 @@ class ToolExecutor {
   std::condition_variable work_cv_;
   std::condition_variable deadline_cv_;
   std::deque<std::shared_ptr<ToolCall>> work_;
-  std::multimap<Clock::time_point, std::shared_ptr<ToolCall>> deadlines_;
+  DeadlineMap deadlines_;  // every call not yet answered, by deadline
   bool stop_ = false;
   std::vector<std::thread> workers_;
   std::thread deadline_thread_;
@@ -311,6 +342,8 @@ void ToolRegistry::execute(const ToolSpec& spec, json arguments, ToolContext con
   if (call->decided) call->deadline = Clock::now();
   executor_->submit(std::move(call));
 }
+
+size_t ToolRegistry::pending_calls() const { return executor_->pending_calls(); }
 
 void ToolRegistry::execute(std::string_view name, json arguments, ToolContext context, ToolDone done) const {
   if (const ToolSpec* spec = find(name)) {

@@ -116,6 +116,10 @@ class ToolRegistry {
   // The same by name; an unknown name is a NotFound error result.
   void execute(std::string_view name, nlohmann::json arguments, ToolContext context, ToolDone done) const;
 
+  // Calls not answered yet, over this registry and its copies (they share the executor): each holds one
+  // deadline entry from execute() until its `done` is about to run, whether the tool finished or timed out.
+  size_t pending_calls() const;
+
  private:
   std::shared_ptr<ToolExecutor> executor_;
   std::map<std::string, std::shared_ptr<const ToolSpec>, std::less<>> tools_;

@@ -23,6 +23,7 @@ TEST_CASE("options, keys and tenants are read from one JSON file") {
   auto config = parse_server_config(R"({
     "port": 9001, "io_threads": 3, "max_write_queue_bytes": 65536, "session_ttl_seconds": 3600,
     "replay_max_events": 64, "idle_pin_window_seconds": 30, "max_json_depth": 16, "shutdown_grace_seconds": 3,
+    "tool_constraint_cache_entries": 4,
     "api_keys": [{"key": "secret-a", "tenant": "alpha"}, {"key_sha256": ")" + hex + R"(", "tenant": "beta"}],
     "tenants": {"alpha": {"max_sessions": 2, "max_concurrent_responses": 1, "tokens_per_minute": 500,
                           "moderation_fail_open": true}},
@@ -32,6 +33,7 @@ TEST_CASE("options, keys and tenants are read from one JSON file") {
   CHECK(config->options.port == 9001);
   CHECK(config->options.io_threads == 3);
   CHECK(config->options.max_write_queue_bytes == 65536);
+  CHECK(config->options.constraint_cache_entries == 4);
   CHECK(config->options.session_ttl.count() == 3600);
   CHECK(config->options.replay_max_events == 64);
   CHECK(config->options.idle_pin_window.count() == 30);

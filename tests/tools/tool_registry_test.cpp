@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -404,6 +406,88 @@ TEST_CASE("many concurrent calls with deadlines around their run time each repor
   CHECK(ok + timed_out == kCalls);
   std::this_thread::sleep_for(50ms);
   for (auto& w : waiters) CHECK(w->results().size() == 1);
+}
+
+TEST_CASE("calls that finish long before their timeout leave no pending deadline entries") {
+  ToolRegistry registry({.worker_threads = 4});
+  REQUIRE(registry.add(server_tool("echo", echo_x(), 60000ms)).ok());
+  std::mutex gate_mu;
+  std::condition_variable gate_cv;
+  bool open = false;
+  REQUIRE(registry
+              .add(server_tool(
+                  "gated",
+                  [&](const json&, const ToolContext&) {
+                    std::unique_lock lock(gate_mu);
+                    gate_cv.wait(lock, [&] { return open; });
+                    return ToolResult::success("through");
+                  },
+                  60000ms))
+              .ok());
+  ToolWaiter gated;
+  registry.execute("gated", {{"x", 0}}, {}, gated.callback());
+  CHECK(registry.pending_calls() == 1);  // running, not answered: its deadline still counts
+
+  constexpr size_t kCalls = 500;
+  ToolWaiter waiter;
+  for (size_t i = 0; i < kCalls; ++i)
+    registry.execute("echo", {{"x", static_cast<int>(i)}}, {}, waiter.callback());
+  registry.execute("missing", json::object(), {}, waiter.callback());  // answered by the deadline thread
+  const size_t answered = waiter.wait_for(kCalls + 1);
+  // Each entry goes before its `done` runs, so once every answer is in only the gated call is left, 60 s
+  // before any of their deadlines.
+  const size_t pending = registry.pending_calls();
+  {
+    std::lock_guard lock(gate_mu);
+    open = true;
+  }
+  gate_cv.notify_all();  // before any check can leave the test, so the registry is not left waiting on it
+  CHECK(answered == kCalls + 1);
+  CHECK(pending == 1);
+  REQUIRE(gated.wait_for(1) == 1);
+  CHECK(gated.results()[0].output == "through");
+  CHECK(registry.pending_calls() == 0);
+}
+
+TEST_CASE("a call that finishes just as its deadline fires reports exactly once, over many tries") {
+  ToolRegistry registry({.worker_threads = 4});
+  // Busy-waits for x microseconds so that it ends within a few microseconds of a 1 ms deadline.
+  REQUIRE(registry
+              .add(server_tool(
+                  "racer",
+                  [](const json& args, const ToolContext&) {
+                    const auto until =
+                        std::chrono::steady_clock::now() + std::chrono::microseconds(args.at("x").get<int>());
+                    while (std::chrono::steady_clock::now() < until) {
+                    }
+                    return ToolResult::success("ok");
+                  },
+                  1ms))
+              .ok());
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> us(900, 1100);
+  constexpr int kRounds = 150;
+  constexpr int kPerRound = 4;  // one per worker, so the deadline counts from when each starts
+  int ok = 0, timed_out = 0;
+  std::vector<std::unique_ptr<ToolWaiter>> waiters;
+  for (int round = 0; round < kRounds; ++round) {
+    const size_t first = waiters.size();
+    for (int i = 0; i < kPerRound; ++i) {
+      waiters.push_back(std::make_unique<ToolWaiter>());
+      registry.execute("racer", {{"x", us(rng)}}, {}, waiters.back()->callback());
+    }
+    for (size_t i = first; i < waiters.size(); ++i) {
+      REQUIRE(waiters[i]->wait_for(1) == 1);
+      auto r = waiters[i]->results()[0];
+      ok += !r.is_error;
+      timed_out += r.code == StatusCode::kDeadlineExceeded;
+    }
+  }
+  CHECK(ok + timed_out == kRounds * kPerRound);
+  std::this_thread::sleep_for(20ms);  // any second answer would have arrived by now
+  for (auto& w : waiters) CHECK(w->results().size() == 1);
+  CHECK(registry.pending_calls() == 0);
+  MESSAGE("answered in time: " << ok << ", timed out: " << timed_out);
 }
 
 }  // namespace
