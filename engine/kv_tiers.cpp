@@ -55,6 +55,7 @@ Result<std::unique_ptr<KvTiers>> KvTiers::open(const KvTierOptions& options,
                         memory::KvStore::open(*db, memory::KvBlockFormat::make(model_fingerprint, layout),
                                               options.disk_kv_quota_bytes));
     tiers->disk_->set_keep(keep);
+    if (options.disk_write_hook) tiers->disk_->set_write_hook(options.disk_write_hook);
     tiers->storage_ = std::make_unique<StorageThread>(options.spill_queue_bytes);
   }
   if (options.host_kv_bytes > 0) {
@@ -150,7 +151,14 @@ void KvTiers::submit_spills() {
 }
 
 void KvTiers::submit_locked() {
-  if (staged_.empty()) return;
+  if (staged_.empty()) {
+    // Nothing new to write, but pinned blocks wait for the back-off to end: give them their turn.
+    if (!retry_.empty() && !retry_posted_ && Clock::now() >= retry_at_) {
+      retry_posted_ = true;
+      storage_->post([this] { write_job({}); });
+    }
+    return;
+  }
   auto batch = std::make_shared<std::vector<PendingPtr>>(std::move(staged_));
   staged_.clear();
   size_t bytes = 0;
@@ -169,29 +177,82 @@ void KvTiers::submit_locked() {
   if (!pinned->empty()) storage_->post([this, pinned] { write_job(*pinned); });
 }
 
+bool KvTiers::is_current_locked(const PendingPtr& p) const {
+  auto it = pending_.find(p->key);
+  return it != pending_.end() && it->second == p;
+}
+
 void KvTiers::write_job(const std::vector<PendingPtr>& batch) {
-  std::vector<memory::KvSpillBlock> live;
-  bool paused = false;
+  std::vector<PendingPtr> blocks;
   {
     std::lock_guard lock(mu_);
-    // A discard since staging took the block out of pending_: it must not reach T2 any more.
+    retry_posted_ = false;
+    const bool paused = stalled_ && Clock::now() < retry_at_;
+    if (!paused) {
+      // The back-off is over: the pinned blocks kept through it go first. Those unpinned since are cache
+      // blocks again, given up as their refusal (already counted) said.
+      blocks = std::move(retry_);
+      retry_.clear();
+      retry_bytes_ = 0;
+      std::erase_if(blocks, [this](const PendingPtr& p) {
+        if (!is_current_locked(p)) return true;
+        if (is_pinned(p->key)) return false;
+        pending_.erase(p->key);
+        return true;
+      });
+    }
+    // A discard since staging took the block out of pending_ (or a newer spill replaced it): it must not
+    // reach T2 any more.
     for (const PendingPtr& p : batch) {
-      if (auto it = pending_.find(p->key); it != pending_.end() && it->second == p)
-        live.push_back({.key = p->key, .tokens = p->tokens, .payload = p->payload});
+      if (is_current_locked(p)) blocks.push_back(p);
     }
-    paused = stalled_ && Clock::now() < retry_at_;
     if (paused) {
-      counters_.disk_write_errors += static_cast<int64_t>(live.size());
-      refused_since_warn_ += static_cast<int64_t>(live.size());
+      counters_.disk_write_errors += static_cast<int64_t>(blocks.size());
+      refused_since_warn_ += static_cast<int64_t>(blocks.size());
+      settle_locked(blocks, false);
+      return;
     }
   }
-  if (!paused && !live.empty()) {
+  // At most kIoBatchBlocks per write: the kept blocks together may pass what the quota takes in one
+  // batch, and a group refused (say, pinned blocks that do not fit) must not take the others with it.
+  for (size_t done = 0; done < blocks.size(); done += kIoBatchBlocks) {
+    const std::span<const PendingPtr> group =
+        std::span(blocks).subspan(done, std::min(kIoBatchBlocks, blocks.size() - done));
+    std::vector<memory::KvSpillBlock> live;
+    live.reserve(group.size());
+    for (const PendingPtr& p : group)
+      live.push_back({.key = p->key, .tokens = p->tokens, .payload = p->payload});
     // After an I/O error RocksDB stays read-only until resumed; a quota refusal needs no resume.
-    (void)write_disk(live);
+    const bool written = write_disk(live).ok();
+    std::lock_guard lock(mu_);
+    settle_locked(group, written);
   }
-  std::lock_guard lock(mu_);
-  for (const PendingPtr& p : batch) {
-    if (auto it = pending_.find(p->key); it != pending_.end() && it->second == p) pending_.erase(it);
+}
+
+void KvTiers::settle_locked(std::span<const PendingPtr> blocks, bool written) {
+  for (const PendingPtr& p : blocks) {
+    // A discard or a newer spill of the key since the write began: that one decides.
+    if (!is_current_locked(p)) continue;
+    if (!written && is_pinned(p->key)) {
+      // A pinned block must survive the back-off: it stays readable in pending_ and is written by the
+      // first write job after it. The list is bounded so a disk that never comes back (or a quota full
+      // of pinned blocks) cannot grow it without end; past the bound the block is lost, and said so.
+      if (retry_bytes_ + p->payload.size() <= options_.pinned_retry_bytes) {
+        retry_bytes_ += p->payload.size();
+        retry_.push_back(p);
+        continue;
+      }
+      ++counters_.pinned_spills_lost;
+      const auto now = Clock::now();
+      if (now - last_lost_warn_ >= kWarnEvery) {
+        spdlog::error(
+            "kv tiers: pinned KV block {} not kept: the disk refuses writes and {} bytes of pinned blocks "
+            "already wait for it ({} pinned blocks lost so far); a resumed session recomputes them",
+            p->key.to_hex(), retry_bytes_, counters_.pinned_spills_lost);
+        last_lost_warn_ = now;
+      }
+    }
+    pending_.erase(p->key);
   }
 }
 
@@ -468,7 +529,7 @@ void KvTiers::persist(std::span<const int32_t> tokens, const memory::BlockKey& s
   for (; held < keys.size(); ++held) {
     const memory::BlockKey& key = keys[held];
     const std::span<const int32_t> ids = tokens.subspan(held * bs, bs);
-    // Already in T2: make_durable flushes it if it was a cache write still in the memtable.
+    // Already in T2: make_durable writes it again through the WAL if it was a WAL-less cache write.
     if (disk_->contains(key)) continue;
     {
       std::lock_guard lock(mu_);
@@ -504,7 +565,8 @@ Result<int> KvTiers::persist_job(const std::vector<memory::BlockKey>& keys,
   int64_t bytes = 0;
   auto write = [&]() -> Status {
     if (batch.empty()) return Status::ok_status();
-    Status status = disk_->put_batch(batch, memory::Durability::kSynced);
+    // Through the WAL, unsynced: make_durable below syncs this and every earlier batch in one go.
+    Status status = disk_->put_batch(batch, memory::Durability::kLogged);
     note_disk_write(status, batch.size());
     if (status.ok()) {
       for (const memory::KvSpillBlock& b : batch) bytes += static_cast<int64_t>(b.payload.size());
@@ -540,6 +602,7 @@ KvTierCounters KvTiers::counters() const {
     std::lock_guard lock(mu_);
     c = counters_;
     c.disk_spill_stalled = stalled_ ? 1 : 0;
+    c.pinned_retry_blocks = static_cast<int64_t>(retry_.size());
   }
   {
     std::lock_guard lock(pins_mu_);
@@ -561,6 +624,29 @@ Status KvTiers::flush(const memory::BlockManager& blocks) {
   auto keep_error = [&first_error](Status s) {
     if (first_error.ok() && !s.ok()) first_error = std::move(s);
   };
+  // Pinned blocks still waiting out a back-off: the last chance to write them, whatever the back-off says.
+  std::vector<PendingPtr> kept;
+  {
+    std::lock_guard lock(mu_);
+    kept = std::move(retry_);
+    retry_.clear();
+    retry_bytes_ = 0;
+    std::erase_if(kept, [this](const PendingPtr& p) { return !is_current_locked(p); });
+  }
+  for (size_t done = 0; done < kept.size(); done += kIoBatchBlocks) {
+    const std::span<const PendingPtr> group =
+        std::span(kept).subspan(done, std::min(kIoBatchBlocks, kept.size() - done));
+    std::vector<memory::KvSpillBlock> live;
+    for (const PendingPtr& p : group)
+      live.push_back({.key = p->key, .tokens = p->tokens, .payload = p->payload});
+    const Status status = write_disk(live);
+    std::lock_guard lock(mu_);
+    if (!status.ok()) counters_.pinned_spills_lost += static_cast<int64_t>(group.size());
+    for (const PendingPtr& p : group) {
+      if (is_current_locked(p)) pending_.erase(p->key);
+    }
+    keep_error(status);
+  }
   const size_t block_bytes = t0_.layout().block_bytes();
   // T1 first, then T0: T2's LRU then ranks the blocks T0 still held (the most recent) newest.
   if (host_) {

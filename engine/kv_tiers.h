@@ -23,12 +23,18 @@
 //
 // Full disk or quota: a refused T2 write stops spilling for kRetryAfter with one warning (then at most one
 // per kWarnEvery) and sets disk_spill_stalled; serving continues (the blocks are just not kept), and the
-// next write after the pause probes again, resuming (and logging so) when it succeeds.
+// next write after the pause probes again, resuming (and logging so) when it succeeds. Pinned blocks are
+// not given up: those refused or arriving during the pause stay queued (readable, pinned_retry_blocks)
+// and go first in the next write after it (submit_spills() posts one when nothing else comes; one unpinned
+// meanwhile is a cache block again and is dropped). That queue is bounded by pinned_retry_bytes; a pinned
+// block past it is lost, counted in pinned_spills_lost and logged as an error (a resumed session then
+// recomputes it).
 //
 // Write-through on commit: persist(tokens) makes the chain's full blocks durable in T2 without waiting for
 // eviction: on the engine thread it copies the blocks T2 lacks from T0, T1 or the staging queue, and the
-// storage thread writes them with a synced WAL and flushes the kv family if earlier cache writes of the
-// chain may still sit only in the memtable. Its callback then says how many chain blocks T2 holds durably.
+// storage thread writes them through the WAL, then KvStore::make_durable syncs it once (writing again, in
+// that synced write, the chain blocks earlier cache writes left outside the WAL). Its callback then says
+// how many chain blocks T2 holds durably.
 //
 // It never hands out a block that failed its checks (checksum, model, layout, tokens): that is a miss, and
 // the KV gets recomputed. spill/load/flush belong to the engine thread; prefetch, pin, unpin, discard,
@@ -99,8 +105,13 @@ struct KvTierOptions {
   size_t disk_kv_quota_bytes = size_t{64} << 30;  // T2 budget in encoded block bytes
   // Spilled bytes waiting for the storage thread; past it new unpinned spills are dropped.
   size_t spill_queue_bytes = size_t{256} << 20;
-  // Deleted T2 bytes (evicted, discarded) after which the storage thread compacts them away (reclaim).
+  // T2 bytes discarded or dropped (not LRU evictions: kv_store.h says why) after which the storage thread
+  // compacts them away (reclaim).
   uint64_t reclaim_after_bytes = uint64_t{1} << 30;
+  // Pinned blocks kept for a retry while T2 refuses writes; past it they are lost (pinned_spills_lost).
+  size_t pinned_retry_bytes = size_t{256} << 20;
+  // Test seam: KvStore::set_write_hook for T2 (an injected slow or failing disk). Unset in production.
+  memory::KvStore::WriteHook disk_write_hook;
 };
 
 // Cumulative since open, except the gauges. Hits and misses count load attempts per tier (a T1 miss then
@@ -121,12 +132,14 @@ struct KvTierCounters {
   int64_t discarded_blocks = 0;    // blocks discard() removed from T1 or T2
   int64_t pinned_evictions = 0;    // pinned blocks T1 had to evict for lack of unpinned room
   int64_t disk_reclaims = 0;       // compactions run to give deleted blocks' space back
+  int64_t pinned_spills_lost = 0;  // pinned blocks given up while T2 refused writes (retry queue full)
   // Gauges.
   int64_t pinned_blocks = 0;       // distinct pinned block keys
   int64_t host_bytes_used = 0;     // T1 bytes holding blocks
   int64_t disk_usage_bytes = 0;    // T2 live encoded bytes
   int64_t spill_queue_bytes = 0;   // bytes waiting for the storage thread
   int64_t disk_spill_stalled = 0;  // 1 while T2 writes are paused after a refusal
+  int64_t pinned_retry_blocks = 0;  // pinned blocks waiting for T2 to take writes again
 };
 
 class KvTiers final : public memory::BlockSource {
@@ -200,7 +213,12 @@ class KvTiers final : public memory::BlockSource {
   void stage(std::span<const memory::KvSpillBlock> blocks);
   void submit_locked();
   // Storage thread jobs.
+  // Writes `batch` (and, once the back-off is over, the pinned blocks kept through it).
   void write_job(const std::vector<PendingPtr>& batch);
+  bool is_current_locked(const PendingPtr& p) const;  // still the block pending_ holds for its key
+  // Takes current `blocks` out of pending_ after their write, except pinned ones it could not write,
+  // which go to retry_ (bounded by pinned_retry_bytes).
+  void settle_locked(std::span<const PendingPtr> blocks, bool written);
   void prefetch_job(const std::vector<memory::BlockKey>& keys, const std::vector<int32_t>& tokens);
   void discard_job(const std::vector<memory::BlockKey>& keys);
   Result<int> persist_job(const std::vector<memory::BlockKey>& keys, const std::vector<PendingPtr>& copies);
@@ -226,6 +244,10 @@ class KvTiers final : public memory::BlockSource {
   std::chrono::steady_clock::time_point retry_at_;
   std::chrono::steady_clock::time_point last_warn_;
   int64_t refused_since_warn_ = 0;
+  std::vector<PendingPtr> retry_;  // pinned blocks T2 refused or the back-off held, oldest first
+  size_t retry_bytes_ = 0;
+  bool retry_posted_ = false;  // a write job for retry_ is queued
+  std::chrono::steady_clock::time_point last_lost_warn_;
 
   mutable std::mutex pins_mu_;  // leaf lock: T1 and T2 call is_pinned under their own locks
   std::unordered_map<std::string, std::vector<memory::BlockKey>> pins_;

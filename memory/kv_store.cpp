@@ -117,67 +117,115 @@ Status KvStore::load_index() {
   return Status::ok_status();
 }
 
+KvStore::~KvStore() {
+  std::lock_guard writer(write_mu_);
+  rocksdb::WriteBatch batch;
+  {
+    std::lock_guard lock(mu_);
+    add_ticks_locked(batch, {});
+  }
+  // Best effort: a lost tick only makes its block look older after a restart.
+  if (batch.Count() > 0) (void)store_.db()->Write(write_options_, &batch);
+}
+
+Status KvStore::write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch& batch,
+                      std::string_view context) {
+  if (write_hook_) AS_RETURN_IF_ERROR(write_hook_());
+  return from_rocksdb(store_.db()->Write(options, &batch), context);
+}
+
+std::vector<BlockKey> KvStore::add_ticks_locked(rocksdb::WriteBatch& batch,
+                                                const std::unordered_set<BlockKey>& skip) {
+  std::vector<BlockKey> added;
+  for (const BlockKey& key : touched_) {
+    auto it = index_.find(key);
+    if (it == index_.end() || skip.contains(key)) continue;
+    batch.Put(cf_, record_key(kMetaPrefix, key), meta_value(it->second.size, it->second.tick));
+    added.push_back(key);
+  }
+  touched_.clear();
+  return added;
+}
+
 Status KvStore::put_batch(std::span<const KvSpillBlock> blocks, Durability durability) {
-  // Encode outside the lock: it copies and hashes every payload.
+  // Encode outside the locks: it copies and hashes every payload.
   std::vector<std::string> encoded(blocks.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
     Status s = encode_kv_block(format_, blocks[i].key, blocks[i].tokens, blocks[i].payload, &encoded[i]);
     if (!s.ok()) return s.with_context("kv put block " + blocks[i].key.to_hex());
   }
-
-  std::lock_guard lock(mu_);
   // Last write of a key wins, as in the WriteBatch.
   std::unordered_map<BlockKey, uint64_t> incoming;
   for (size_t i = 0; i < blocks.size(); ++i) incoming[blocks[i].key] = encoded[i].size();
   uint64_t added = 0;
-  uint64_t replaced = 0;
-  for (const auto& [key, size] : incoming) {
-    added += size;
-    if (auto it = index_.find(key); it != index_.end()) replaced += it->second.size;
-  }
-  if (added > quota_) {
-    ++counters_.quota_refusals;
-    return Status::resource_exhausted("kv batch of " + std::to_string(added) +
-                                      " bytes exceeds the disk quota of " + std::to_string(quota_));
-  }
-  uint64_t projected = usage_ - replaced + added;
+  for (const auto& [key, size] : incoming) added += size;
+
+  // The writer lock keeps every other mutation out until the index matches the database again, so the
+  // plan made under mu_ (victims, usage) still holds when it is applied after the write.
+  std::lock_guard writer(write_mu_);
+  rocksdb::WriteBatch batch;
   std::vector<BlockKey> victims;
-  for (auto it = lru_.begin(); projected > quota_ && it != lru_.end(); ++it) {
-    if (incoming.contains(*it) || (keep_ && keep_(*it))) continue;
-    victims.push_back(*it);
-    projected -= index_.at(*it).size;
+  std::vector<BlockKey> ticked;
+  std::vector<uint64_t> ticks(blocks.size());
+  {
+    std::lock_guard lock(mu_);
+    if (added > quota_) {
+      ++counters_.quota_refusals;
+      return Status::resource_exhausted("kv batch of " + std::to_string(added) +
+                                        " bytes exceeds the disk quota of " + std::to_string(quota_));
+    }
+    uint64_t replaced = 0;
+    for (const auto& [key, size] : incoming) {
+      if (auto it = index_.find(key); it != index_.end()) replaced += it->second.size;
+    }
+    uint64_t projected = usage_ - replaced + added;
+    std::unordered_set<BlockKey> written;  // the batch's keys and victims: no stale tick for them
+    for (auto it = lru_.begin(); projected > quota_ && it != lru_.end(); ++it) {
+      if (incoming.contains(*it) || (keep_ && keep_(*it))) continue;
+      victims.push_back(*it);
+      projected -= index_.at(*it).size;
+    }
+    if (projected > quota_) {
+      ++counters_.quota_refusals;
+      return Status::resource_exhausted("kv batch of " + std::to_string(added) +
+                                        " bytes does not fit the disk quota of " + std::to_string(quota_) +
+                                        ": the rest is pinned");
+    }
+    for (const BlockKey& v : victims) {
+      delete_block(batch, cf_, v);
+      written.insert(v);
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      ticks[i] = next_tick_++;
+      batch.Put(cf_, record_key(kBlockPrefix, blocks[i].key), encoded[i]);
+      batch.Put(cf_, record_key(kMetaPrefix, blocks[i].key), meta_value(encoded[i].size(), ticks[i]));
+      written.insert(blocks[i].key);
+    }
+    ticked = add_ticks_locked(batch, written);
   }
 
-  if (projected > quota_) {
-    ++counters_.quota_refusals;
-    return Status::resource_exhausted("kv batch of " + std::to_string(added) +
-                                      " bytes does not fit the disk quota of " + std::to_string(quota_) +
-                                      ": the rest is pinned");
-  }
-  rocksdb::WriteBatch batch;
-  for (const BlockKey& v : victims) delete_block(batch, cf_, v);
-  std::vector<uint64_t> ticks(blocks.size());
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    ticks[i] = next_tick_++;
-    batch.Put(cf_, record_key(kBlockPrefix, blocks[i].key), encoded[i]);
-    batch.Put(cf_, record_key(kMetaPrefix, blocks[i].key), meta_value(encoded[i].size(), ticks[i]));
-  }
-  // A crash may lose the newest cache writes, which only costs recompute; synced ones it may not lose.
+  // A crash may lose the newest cache writes, which only costs recompute; logged ones it may not lose.
   rocksdb::WriteOptions options = write_options_;
-  if (durability == Durability::kSynced) {
-    options.disableWAL = false;
-    options.sync = true;
+  if (durability == Durability::kLogged) options.disableWAL = false;
+  const Status status = write(options, batch, "kv put batch");
+
+  std::lock_guard lock(mu_);
+  if (!status.ok()) {
+    touched_.insert(ticked.begin(), ticked.end());
+    return status;
   }
-  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(options, &batch), "kv put batch"));
   if (options.disableWAL && !volatile_overflow_) {
     for (const KvSpillBlock& b : blocks) volatile_keys_.insert(b.key);
     if (volatile_keys_.size() > kMaxVolatileKeys) {
       volatile_keys_.clear();
       volatile_overflow_ = true;
     }
+  } else if (!options.disableWAL) {
+    // Now in the WAL: the durable copy replaces any WAL-less one as far as a crash is concerned.
+    for (const KvSpillBlock& b : blocks) volatile_keys_.erase(b.key);
+    wal_unsynced_ = true;
   }
-
-  for (const BlockKey& v : victims) forget_locked(index_.find(v));
+  for (const BlockKey& v : victims) forget_locked(index_.find(v), false);
   counters_.evictions += static_cast<int64_t>(victims.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
     auto [it, inserted] = index_.try_emplace(blocks[i].key);
@@ -278,52 +326,66 @@ Status KvStore::finish_get(const BlockKey& key, uint64_t tick, std::span<const i
 void KvStore::touch_locked(Entry& e, const BlockKey& key) {
   e.tick = next_tick_++;
   lru_.splice(lru_.end(), lru_, e.lru_pos);
-  // Best effort: a lost tick only makes this block look older after a restart.
-  (void)store_.db()->Put(write_options_, cf_, record_key(kMetaPrefix, key), meta_value(e.size, e.tick));
+  // Written with the next write batch: a Put here would wait in RocksDB's write queue behind a synced
+  // write, on the reader's thread (the engine's, at admission).
+  touched_.insert(key);
 }
 
 Status KvStore::drop_if_unchanged(const BlockKey& key, uint64_t tick) {
-  std::lock_guard lock(mu_);
-  auto it = index_.find(key);
-  // A newer put of the same key replaced the bad block: keep the new one.
-  if (it == index_.end() || it->second.tick != tick) return Status::ok_status();
-  return erase_locked(it);
-}
-
-Status KvStore::erase_locked(Index::iterator it) {
+  std::lock_guard writer(write_mu_);
+  {
+    std::lock_guard lock(mu_);
+    auto it = index_.find(key);
+    // A newer put of the same key replaced the bad block: keep the new one.
+    if (it == index_.end() || it->second.tick != tick) return Status::ok_status();
+  }
   rocksdb::WriteBatch batch;
-  delete_block(batch, cf_, it->first);
-  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv erase"));
-  forget_locked(it);
+  delete_block(batch, cf_, key);
+  AS_RETURN_IF_ERROR(write(write_options_, batch, "kv drop"));
+  std::lock_guard lock(mu_);
+  forget_locked(index_.find(key), true);
   return Status::ok_status();
 }
 
-void KvStore::forget_locked(Index::iterator it) {
+void KvStore::forget_locked(Index::iterator it, bool counts_for_reclaim) {
   usage_ -= it->second.size;
-  erased_bytes_ += it->second.size;
+  if (counts_for_reclaim) erased_bytes_ += it->second.size;
   lru_.erase(it->second.lru_pos);
+  touched_.erase(it->first);
   index_.erase(it);
 }
 
 Result<size_t> KvStore::erase_batch(std::span<const BlockKey> keys) {
-  std::lock_guard lock(mu_);
+  std::lock_guard writer(write_mu_);
   rocksdb::WriteBatch batch;
-  std::vector<Index::iterator> present;
-  std::unordered_set<BlockKey> seen;
-  for (const BlockKey& key : keys) {
-    auto it = index_.find(key);
-    if (it == index_.end() || !seen.insert(key).second) continue;
-    delete_block(batch, cf_, key);
-    present.push_back(it);
+  std::vector<BlockKey> present;
+  {
+    std::lock_guard lock(mu_);
+    std::unordered_set<BlockKey> seen;
+    for (const BlockKey& key : keys) {
+      if (!index_.contains(key) || !seen.insert(key).second) continue;
+      delete_block(batch, cf_, key);
+      present.push_back(key);
+    }
   }
   if (present.empty()) return size_t{0};
-  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Write(write_options_, &batch), "kv erase batch"));
-  for (auto it : present) forget_locked(it);
+  AS_RETURN_IF_ERROR(write(write_options_, batch, "kv erase batch"));
+  std::lock_guard lock(mu_);
+  // Still indexed: only a writer removes entries, and this one holds the writer lock.
+  for (const BlockKey& key : present) forget_locked(index_.find(key), true);
   return present.size();
 }
 
 Status KvStore::reclaim() {
-  AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush"));
+  {
+    // Under the writer lock, so the flush covers every write the index knows of: none is volatile after.
+    std::lock_guard writer(write_mu_);
+    AS_RETURN_IF_ERROR(from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush"));
+    std::lock_guard lock(mu_);
+    volatile_keys_.clear();
+    volatile_overflow_ = false;
+    wal_unsynced_ = false;
+  }
   rocksdb::CompactRangeOptions options;
   options.blob_garbage_collection_policy = rocksdb::BlobGarbageCollectionPolicy::kForce;
   options.blob_garbage_collection_age_cutoff = 1.0;
@@ -336,22 +398,62 @@ Status KvStore::reclaim() {
 }
 
 Status KvStore::make_durable(std::span<const BlockKey> keys) {
+  std::lock_guard writer(write_mu_);
+  bool flush = false;
+  std::vector<BlockKey> rewrite;
+  std::vector<std::string> metas;
   {
     std::lock_guard lock(mu_);
-    const bool needed = volatile_overflow_ || std::ranges::any_of(keys, [this](const BlockKey& k) {
-                          return volatile_keys_.contains(k);
-                        });
-    if (!needed) return Status::ok_status();
-    // The flush covers every write made before it starts; writes after this point are tracked anew.
+    flush = volatile_overflow_;
+    std::unordered_set<BlockKey> seen;
+    for (const BlockKey& k : keys) {
+      if (flush) break;
+      auto it = index_.find(k);
+      if (it == index_.end() || !volatile_keys_.contains(k) || !seen.insert(k).second) continue;
+      rewrite.push_back(k);
+      metas.push_back(meta_value(it->second.size, it->second.tick));
+    }
+    if (!flush && rewrite.empty() && !wal_unsynced_) return Status::ok_status();
+  }
+  if (flush) {
+    // Lost track of which keys skipped the WAL: a flush persists every kv write made before it.
+    AS_RETURN_IF_ERROR(
+        from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush for durability"));
+    std::lock_guard lock(mu_);
     volatile_keys_.clear();
     volatile_overflow_ = false;
+    wal_unsynced_ = false;
+    return Status::ok_status();
   }
-  Status flushed = from_rocksdb(store_.db()->Flush(rocksdb::FlushOptions(), cf_), "kv flush for durability");
-  if (!flushed.ok()) {
-    std::lock_guard lock(mu_);
-    volatile_overflow_ = true;  // what this flush should have covered is still volatile
+  // Rewriting the few WAL-less blocks of the chain costs their bytes once more in the WAL; a flush would
+  // write the whole memtable (up to kv_write_buffer_bytes of everyone's spills) into new files.
+  rocksdb::WriteBatch batch;
+  if (!rewrite.empty()) {
+    std::vector<std::string> record_keys(rewrite.size());
+    std::vector<rocksdb::Slice> slices(rewrite.size());
+    for (size_t i = 0; i < rewrite.size(); ++i) {
+      record_keys[i] = record_key(kBlockPrefix, rewrite[i]);
+      slices[i] = record_keys[i];
+    }
+    std::vector<rocksdb::PinnableSlice> values(rewrite.size());
+    std::vector<rocksdb::Status> read(rewrite.size());
+    store_.db()->MultiGet(read_options_, cf_, rewrite.size(), slices.data(), values.data(), read.data());
+    for (size_t i = 0; i < rewrite.size(); ++i) {
+      // Indexed and the writer lock held: the record is there unless the disk failed.
+      AS_RETURN_IF_ERROR(from_rocksdb(read[i], "kv read back " + rewrite[i].to_hex()));
+      batch.Put(cf_, slices[i], values[i]);
+      batch.Put(cf_, record_key(kMetaPrefix, rewrite[i]), metas[i]);
+    }
   }
-  return flushed;
+  rocksdb::WriteOptions options;
+  options.sync = true;  // a synced write syncs every earlier WAL entry with it
+  Status status = batch.Count() > 0 ? write(options, batch, "kv durable rewrite")
+                                    : from_rocksdb(store_.db()->SyncWAL(), "kv sync wal");
+  if (!status.ok()) return status;
+  std::lock_guard lock(mu_);
+  for (const BlockKey& k : rewrite) volatile_keys_.erase(k);
+  wal_unsynced_ = false;
+  return Status::ok_status();
 }
 
 Status KvStore::resume() {
@@ -369,10 +471,7 @@ bool KvStore::contains(const BlockKey& key) const {
 }
 
 Status KvStore::erase(const BlockKey& key) {
-  std::lock_guard lock(mu_);
-  auto it = index_.find(key);
-  if (it == index_.end()) return Status::ok_status();
-  return erase_locked(it);
+  return erase_batch(std::span(&key, 1)).status();
 }
 
 uint64_t KvStore::usage_bytes() const {

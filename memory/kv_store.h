@@ -5,33 +5,41 @@
 // Writes skip the WAL unless StoreOptions::kv_write_wal (rocksdb_store.h says why).
 //
 // Durable writes: a caller that must not lose certain blocks to a crash (a session's committed turn) writes
-// them with put_batch(..., Durability::kSynced), which goes through the synced WAL, then calls
-// make_durable(keys): if any of those keys was written earlier without the WAL and may still sit only in
-// the memtable, it flushes the kv family. The store remembers which keys skipped the WAL since its last
-// flush (up to kMaxVolatileKeys; past that it assumes all of them did), so a commit whose blocks were all
-// written durably costs no flush.
+// the new ones with put_batch(..., Durability::kLogged), through the WAL, then calls make_durable(keys),
+// which costs one WAL sync: the chain's blocks that were written earlier without the WAL (spills, which
+// may sit only in the memtable) are written again through the WAL in that synced write. The store
+// remembers which keys skipped the WAL (up to kMaxVolatileKeys; past that it cannot tell them apart and
+// flushes the kv family once instead, which persists every write so far).
 //
 // Disk quota, LRU by last use. Each block has two records in the family:
 //   'b' + key(16 bytes, big-endian hi then lo) -> encoded block (kv_block_codec.h)
 //   'm' + key                                  -> u64 LE encoded size, u64 LE last-use tick
 // written and deleted together in one WriteBatch. The 'm' records are small, so open() rebuilds the
-// in-memory LRU and the usage total by scanning only them (never the blobs). A hit stores its new tick
-// with a 17+16-byte Put, so the order survives a restart up to the hits not yet flushed. When a write
-// would pass the quota, the least recently used blocks not in the batch are deleted in the same WriteBatch;
-// if the batch cannot fit even then, nothing is written and the call returns ResourceExhausted.
+// in-memory LRU and the usage total by scanning only them (never the blobs). A hit's new tick is written
+// with the store's next write batch (or on close), so the order survives a restart up to the hits of the
+// last moments. When a write would pass the quota, the least recently used blocks not in the batch are
+// deleted in the same WriteBatch; if the batch cannot fit even then, nothing is written and the call
+// returns ResourceExhausted.
 // The quota counts encoded value bytes, not files: a deleted block's blob space comes back when blob
 // garbage collection rewrites or drops its file during compaction, so the folder can run above the quota
-// for a while. open() makes every blob file eligible for that collection (age cutoff 1.0) and forces a
-// compaction of files more than half garbage; reclaim() runs it now (flush + full compaction with forced
-// blob GC), and the caller runs it when erased bytes pile up (KvStore::erased_since_reclaim()).
+// for a while. LRU evictions delete the oldest blocks, which sit in the oldest blob files: open() makes
+// RocksDB's own compactions collect those files once half garbage, so evictions need nothing more.
+// erase() and dropped blocks delete blocks of any age, in files that collection may never reach:
+// erased_since_reclaim() counts those bytes, and the caller runs reclaim() (flush + full compaction with
+// forced blob GC) when they pile up.
 //
 // Pinning: with a keep predicate set, the quota LRU never deletes a block it holds: a write that only
 // fits by deleting kept blocks is refused (ResourceExhausted), and the kept blocks stay.
 //
-// Thread-safe: one mutex guards the index and is held across each write (RocksDB serializes writes
-// anyway); the RocksDB read, verification and copy of get() run outside it.
+// Thread-safe. Mutations (put, erase, make_durable) are serialized by a writer lock held across the RocksDB
+// write; the index lock covers only the in-memory index, LRU and accounting (the plan before the write
+// and the update after it), never a RocksDB write or sync, so contains(), get() and the counters never
+// wait for the disk (except get() deleting a damaged block). Readers see a write in the index once it is
+// in the database.
 // This module knows bytes and shapes, never models.
 #pragma once
+
+#include <rocksdb/write_batch.h>
 
 #include <cstdint>
 #include <functional>
@@ -39,6 +47,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -77,7 +86,7 @@ struct KvStoreCounters {
 
 enum class Durability {
   kCache,   // as the store is configured: no sync, WAL per StoreOptions::kv_write_wal
-  kSynced,  // through the WAL, synced before put_batch returns
+  kLogged,  // through the WAL, unsynced: survives a kill of the process; make_durable() syncs it
 };
 
 class KvStore {
@@ -87,13 +96,18 @@ class KvStore {
   // Scans the 'm' records to rebuild the LRU; `store` must outlive the KvStore.
   static Result<std::unique_ptr<KvStore>> open(RocksDbStore& store, const KvBlockFormat& format,
                                                uint64_t quota_bytes);
+  ~KvStore();  // writes the last hits' ticks
+  KvStore(const KvStore&) = delete;
+  KvStore& operator=(const KvStore&) = delete;
 
-  // Writes all blocks as one WriteBatch (unsynced unless kSynced), evicting LRU blocks to stay within the
-  // quota. A key already stored is replaced. ResourceExhausted (and nothing written) when the batch alone
-  // passes the quota; InvalidArgument when a block does not match the format.
+  // Writes all blocks as one WriteBatch (unsynced), evicting LRU blocks to stay within the quota. A key
+  // already stored is replaced. ResourceExhausted (and nothing written) when the batch alone passes the
+  // quota; InvalidArgument when a block does not match the format.
   Status put_batch(std::span<const KvSpillBlock> blocks, Durability durability = Durability::kCache);
-  // Makes the stored blocks among `keys` survive a crash of the process: flushes the kv family when one
-  // of them was written without the WAL since the last flush. Slow when it flushes: storage thread only.
+  // Makes the stored blocks among `keys`, and every kLogged write before the call, survive a crash of
+  // the process or the machine, with one synced WAL write: the blocks among `keys` written without the
+  // WAL go into it again (read back first). Flushes the kv family instead when more than
+  // kMaxVolatileKeys WAL-less writes made the store lose track. Storage thread only: it waits for a sync.
   Status make_durable(std::span<const BlockKey> keys);
 
   // Copies the verified payload of `key` into `out` (layout.block_bytes() bytes) and marks it used.
@@ -121,8 +135,14 @@ class KvStore {
   // After an I/O error (a full disk) RocksDB refuses writes until resumed: tries that, e.g. once space is
   // back. OK when the database had no error.
   Status resume();
-  // Encoded bytes deleted (evicted, erased, dropped) since the last reclaim().
+  // Encoded bytes erased or dropped since the last reclaim(); LRU evictions do not count (see above).
   uint64_t erased_since_reclaim() const;
+
+  // Test seam: runs before each RocksDB write of the store, under the writer lock and outside the index
+  // lock. A non-OK status fails that write as the disk would (nothing written); a hook that blocks stands
+  // for a slow disk. Set before the store is shared between threads.
+  using WriteHook = std::function<Status()>;
+  void set_write_hook(WriteHook hook) { write_hook_ = std::move(hook); }
 
   uint64_t usage_bytes() const;
   uint64_t quota_bytes() const { return quota_; }
@@ -142,8 +162,14 @@ class KvStore {
   void touch_locked(Entry& e, const BlockKey& key);
   using Index = std::unordered_map<BlockKey, Entry>;
   Status drop_if_unchanged(const BlockKey& key, uint64_t tick);
-  Status erase_locked(Index::iterator it);
-  void forget_locked(Index::iterator it);
+  // The RocksDB write of every mutation: the test hook, then the write. Writer lock held, index lock not.
+  Status write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch& batch, std::string_view context);
+  // Adds the 'm' records of hits since the last write (keys still stored and not in `skip`) to `batch`;
+  // returns the keys it added, to put back when the write fails.
+  std::vector<BlockKey> add_ticks_locked(rocksdb::WriteBatch& batch,
+                                         const std::unordered_set<BlockKey>& skip);
+  // `counts_for_reclaim`: false for LRU evictions, which RocksDB's own blob GC collects (see above).
+  void forget_locked(Index::iterator it, bool counts_for_reclaim);
   // Verifies a value read for `key` (whose index tick was `tick`) and copies its payload to `out`.
   Status finish_get(const BlockKey& key, uint64_t tick, std::span<const int32_t> tokens,
                     const rocksdb::PinnableSlice& value, std::span<std::byte> out);
@@ -154,7 +180,12 @@ class KvStore {
   uint64_t quota_;
   rocksdb::WriteOptions write_options_;
   rocksdb::ReadOptions read_options_;
+  WriteHook write_hook_;
 
+  // Held across each mutation's RocksDB write, so the index changes in the order the database does and
+  // equals it whenever no write is in flight. Taken before mu_, never while holding it.
+  std::mutex write_mu_;
+  // Guards everything below; never held across a RocksDB write or sync.
   mutable std::mutex mu_;
   Index index_;
   std::list<BlockKey> lru_;
@@ -163,9 +194,11 @@ class KvStore {
   uint64_t erased_bytes_ = 0;
   KvStoreCounters counters_;
   KeepPredicate keep_;
-  // Keys whose blocks were written without the WAL since the last flush make_durable() ran.
+  std::unordered_set<BlockKey> touched_;  // hits whose new tick is not written yet
+  // Keys whose blocks were written without the WAL and not made durable since.
   std::unordered_set<BlockKey> volatile_keys_;
   bool volatile_overflow_ = false;  // more than kMaxVolatileKeys: treat every key as volatile
+  bool wal_unsynced_ = false;       // a kLogged write since the last sync
 };
 
 }  // namespace agentserve::memory

@@ -54,6 +54,7 @@ constexpr TierField kTierFields[] = {
     {"dropped_corrupt", "disk", &engine::KvTierCounters::dropped_corrupt},
     {"write_error", "disk", &engine::KvTierCounters::disk_write_errors},
     {"spill_dropped", "disk", &engine::KvTierCounters::spills_dropped},
+    {"pinned_spill_lost", "disk", &engine::KvTierCounters::pinned_spills_lost},
 };
 
 // The moderation client's atomics as Prometheus families (they are cumulative already, so a scrape copies).
@@ -174,7 +175,7 @@ Metrics::Metrics()
           prometheus::BuildCounter()
               .Name("agentserve_kv_tier_events_total")
               .Help("KV tier traffic by event (hit, miss, spill_bytes, load_bytes, dropped_corrupt, "
-                    "write_error, spill_dropped) and tier (host = T1, disk = T2)")
+                    "write_error, spill_dropped, pinned_spill_lost) and tier (host = T1, disk = T2)")
               .Register(*registry_)),
       restored_tokens_(counter(*registry_, "agentserve_kv_restored_tokens_total",
                                "Tokens whose KV was loaded from host RAM or disk instead of recomputed")),
@@ -186,7 +187,9 @@ Metrics::Metrics()
       kv_spill_queue_bytes_(
           gauge(*registry_, "agentserve_kv_spill_queue_bytes", "KV bytes waiting for the storage thread")),
       kv_disk_spill_stalled_(gauge(*registry_, "agentserve_kv_disk_spill_stalled",
-                                   "1 while T2 writes are paused after a refusal (quota or I/O)")) {
+                                   "1 while T2 writes are paused after a refusal (quota or I/O)")),
+      kv_pinned_retry_blocks_(gauge(*registry_, "agentserve_kv_pinned_retry_blocks",
+                                    "Pinned KV blocks waiting for T2 to take writes again")) {
   for (const TierField& field : kTierFields) {
     kv_tier_series_.push_back({&kv_tier_family_.Add({{"event", field.event}, {"tier", field.tier}})});
   }
@@ -255,6 +258,7 @@ std::string Metrics::scrape(const engine::EngineCounters& c, int block_size,
   kv_pinned_blocks_.Set(static_cast<double>(c.kv_tiers.pinned_blocks));
   kv_spill_queue_bytes_.Set(static_cast<double>(c.kv_tiers.spill_queue_bytes));
   kv_disk_spill_stalled_.Set(static_cast<double>(c.kv_tiers.disk_spill_stalled));
+  kv_pinned_retry_blocks_.Set(static_cast<double>(c.kv_tiers.pinned_retry_blocks));
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   if (moderation != nullptr)
     for (prometheus::MetricFamily& family : moderation_families(*moderation))

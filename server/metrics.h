@@ -93,6 +93,7 @@ class Metrics {
   prometheus::Gauge& kv_pinned_blocks_;
   prometheus::Gauge& kv_spill_queue_bytes_;
   prometheus::Gauge& kv_disk_spill_stalled_;
+  prometheus::Gauge& kv_pinned_retry_blocks_;
 
   std::mutex mutex_;  // scrapes may come from several io threads at once
   int64_t seen_prompt_tokens_ = 0;

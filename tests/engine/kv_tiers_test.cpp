@@ -13,6 +13,8 @@
 
 #include "engine/engine.h"
 #include "memory/block_key.h"
+#include "memory/kv_arena.h"
+#include "memory/kv_block_codec.h"
 #include "memory/rocksdb_store.h"
 #include "tests/engine/test_models.h"
 #include "tests/scratch_dir.h"
@@ -554,6 +556,154 @@ TEST_CASE("persisted blocks survive kill -9: the next engine restores every full
       CHECK(next.usage.prompt_tokens - next.usage.cached_tokens < 16);
     }
   }
+}
+
+// ---- The tiers alone over a small host arena (no engine), so a test can inject a failing disk and spill
+// blocks of known bytes under chain keys it pins.
+
+const memory::KvLayout kSmallLayout{.n_layers = 1, .n_kv_heads = 1, .head_dim = 8, .block_size = 4};
+
+struct SmallTiers {
+  std::unique_ptr<memory::KvArena> arena;
+  std::unique_ptr<ArenaBlockSpace> space;
+  std::unique_ptr<KvTiers> tiers;
+  const memory::BlockKey salt = memory::make_salt("fp", "");
+  const size_t block_bytes = kSmallLayout.block_bytes();
+
+  explicit SmallTiers(const KvTierOptions& options) {
+    auto a = memory::KvArena::create(kSmallLayout, 16);
+    REQUIRE(a.ok());
+    arena = std::make_unique<memory::KvArena>(std::move(*a));
+    space = std::make_unique<ArenaBlockSpace>(*arena);
+    auto t = KvTiers::open(options, "fp", *space);
+    REQUIRE_MESSAGE(t.ok(), t.status().to_string());
+    tiers = std::move(*t);
+  }
+
+  // The keys of the chain of `tokens` (full blocks of 4).
+  std::vector<memory::BlockKey> keys(const std::vector<int32_t>& tokens) const {
+    std::vector<memory::BlockKey> out;
+    memory::BlockKey parent = memory::kRootBlockKey;
+    for (size_t i = 0; i + 4 <= tokens.size(); i += 4) {
+      parent = memory::chain_block_key(parent, std::span(tokens).subspan(i, 4), salt);
+      out.push_back(parent);
+    }
+    return out;
+  }
+  static std::vector<std::byte> bytes_of(int32_t first_token) {
+    std::vector<std::byte> b(kSmallLayout.block_bytes());
+    for (size_t i = 0; i < b.size(); ++i)
+      b[i] = static_cast<std::byte>(first_token * 31 + static_cast<int>(i));
+    return b;
+  }
+  // Puts each block of the chain of `tokens` in arena block 0, spills it, and hands the batch over.
+  void spill_chain(const std::vector<int32_t>& tokens) {
+    const std::vector<memory::BlockKey> ks = keys(tokens);
+    for (size_t i = 0; i < ks.size(); ++i) {
+      const std::vector<std::byte> b = bytes_of(tokens[i * 4]);
+      std::copy(b.begin(), b.end(), arena->block_bytes(0).begin());
+      tiers->spill(0, ks[i], std::span(tokens).subspan(i * 4, 4));
+    }
+    tiers->submit_spills();
+    tiers->sync();
+  }
+  // Whether every block of the chain loads (into arena block 1) with the bytes it was spilled with.
+  bool loads(const std::vector<int32_t>& tokens) {
+    const std::vector<memory::BlockKey> ks = keys(tokens);
+    for (size_t i = 0; i < ks.size(); ++i) {
+      if (!tiers->load(ks[i], std::span(tokens).subspan(i * 4, 4), 1)) return false;
+      const std::vector<std::byte> want = bytes_of(tokens[i * 4]);
+      if (!std::ranges::equal(arena->block_bytes(1), want)) return false;
+    }
+    return true;
+  }
+};
+
+std::vector<int32_t> chain_tokens(int32_t first, int n_blocks) {
+  std::vector<int32_t> t(static_cast<size_t>(n_blocks) * 4);
+  for (size_t i = 0; i < t.size(); ++i) t[i] = first + static_cast<int32_t>(i);
+  return t;
+}
+
+TEST_CASE("pinned blocks refused by a failing disk are kept through the back-off and written after it") {
+  TempDir dir("pinned-retry");
+  auto failing = std::make_shared<std::atomic<bool>>(true);
+  KvTierOptions options;
+  options.data_dir = dir.path;
+  options.disk_write_hook = [failing]() -> Status {
+    return failing->load() ? Status::io_error("injected: the disk refuses writes") : Status::ok_status();
+  };
+  const std::vector<int32_t> unpinned = chain_tokens(1000, 2);
+  const std::vector<int32_t> pinned = chain_tokens(2000, 4);
+  {
+    SmallTiers t(options);
+    t.spill_chain(unpinned);  // refused: the back-off starts
+    auto c = t.tiers->counters();
+    CHECK(c.disk_spill_stalled == 1);
+    CHECK(c.disk_write_errors == 2);
+    CHECK(c.pinned_retry_blocks == 0);  // a cache block is just not kept
+
+    t.tiers->pin("session", pinned, t.salt);
+    t.spill_chain(pinned);  // arrives during the back-off
+    c = t.tiers->counters();
+    CHECK(c.pinned_retry_blocks == 4);
+    CHECK(c.pinned_spills_lost == 0);
+    CHECK(t.loads(pinned));  // still readable while it waits
+
+    failing->store(false);
+    std::this_thread::sleep_for(KvTiers::kRetryAfter + std::chrono::milliseconds(100));
+    t.tiers->submit_spills();  // nothing staged: the engine's call after a step posts the retry
+    t.tiers->sync();
+    c = t.tiers->counters();
+    CHECK(c.pinned_retry_blocks == 0);
+    CHECK(c.disk_spill_stalled == 0);
+    CHECK(c.disk_bytes_spilled == static_cast<int64_t>(4 * t.block_bytes));
+  }
+  // On disk: tiers opened again on the folder, with a healthy disk, load the pinned chain from T2.
+  options.disk_write_hook = nullptr;
+  SmallTiers again(options);
+  CHECK(again.loads(pinned));
+  CHECK(again.tiers->counters().disk_hits == 4);
+  CHECK_FALSE(again.loads(unpinned));
+}
+
+TEST_CASE("pinned blocks past the retry bound are lost with a counter, never silently") {
+  TempDir dir("pinned-retry-bound");
+  KvTierOptions options;
+  options.data_dir = dir.path;
+  options.pinned_retry_bytes = 2 * kSmallLayout.block_bytes();
+  options.disk_write_hook = []() -> Status { return Status::io_error("injected: the disk refuses writes"); };
+  SmallTiers t(options);
+  const std::vector<int32_t> pinned = chain_tokens(3000, 4);
+  t.tiers->pin("session", pinned, t.salt);
+  t.spill_chain(pinned);
+  const auto c = t.tiers->counters();
+  CHECK(c.pinned_retry_blocks == 2);
+  CHECK(c.pinned_spills_lost == 2);
+  CHECK(c.disk_write_errors == 4);
+}
+
+TEST_CASE("LRU churn past reclaim_after_bytes compacts nothing; discarding that much reclaims once") {
+  TempDir dir("reclaim-trigger");
+  const uint64_t encoded = memory::kv_block_encoded_size(kSmallLayout.block_size, kSmallLayout.block_bytes());
+  KvTierOptions options;
+  options.data_dir = dir.path;
+  options.disk_kv_quota_bytes = 8 * encoded;
+  options.reclaim_after_bytes = 3 * encoded;
+  SmallTiers t(options);
+  for (int32_t chain = 0; chain < 10; ++chain) t.spill_chain(chain_tokens(10000 + chain * 100, 4));
+  auto c = t.tiers->counters();
+  CHECK(c.disk_bytes_spilled == static_cast<int64_t>(40 * t.block_bytes));
+  CHECK(c.disk_usage_bytes == static_cast<int64_t>(8 * encoded));  // 32 blocks evicted by the LRU
+  CHECK(c.disk_reclaims == 0);
+
+  const std::vector<int32_t> session = chain_tokens(50000, 4);
+  t.spill_chain(session);
+  t.tiers->discard(session, t.salt, 0);
+  t.tiers->sync();
+  c = t.tiers->counters();
+  CHECK(c.discarded_blocks == 4);
+  CHECK(c.disk_reclaims == 1);
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
@@ -283,12 +285,219 @@ TEST_CASE("erase_batch deletes the present blocks once and reports how many") {
   CHECK(get_checked(*env.kv, 2).ok());
 }
 
+TEST_CASE("a put_batch stuck in a slow disk write does not block contains, get or the counters") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1}).ok());
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> stall_next{true};
+  env.kv->set_write_hook([&]() -> Status {
+    if (stall_next.exchange(false)) {
+      entered.set_value();
+      released.wait();
+    }
+    return Status::ok_status();
+  });
+  auto writer = std::async(std::launch::async, [&] { return put(*env.kv, {2}); });
+  entered.get_future().wait();  // the writer is inside its RocksDB write now
+
+  struct Seen {
+    bool has_1 = false, has_2 = true;
+    Status got_1;
+    uint64_t usage = 0;
+    size_t blocks = 0;
+  };
+  auto reader = std::async(std::launch::async, [&] {
+    Seen seen;
+    seen.has_1 = env.kv->contains(TestBlock(1).key);
+    seen.has_2 = env.kv->contains(TestBlock(2).key);
+    seen.got_1 = get_checked(*env.kv, 1);
+    seen.usage = env.kv->usage_bytes();
+    seen.blocks = env.kv->num_blocks();
+    (void)env.kv->counters();
+    return seen;
+  });
+  // Not a timing assertion: a reader that waits for the stalled writer never finishes, however long.
+  const bool reader_done = reader.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  release.set_value();
+  CHECK(reader_done);
+  const Seen seen = reader.get();
+  CHECK(seen.has_1);
+  CHECK_FALSE(seen.has_2);  // not indexed before it is in the database
+  CHECK(seen.got_1.ok());
+  CHECK(seen.usage == env.block_value_bytes);
+  CHECK(seen.blocks == 1);
+  REQUIRE(writer.get().ok());
+  CHECK(env.kv->contains(TestBlock(2).key));
+  CHECK(env.kv->usage_bytes() == 2 * env.block_value_bytes);
+}
+
+std::string record(char prefix, const BlockKey& k) {
+  std::string key(17, '\0');
+  key[0] = prefix;
+  for (int i = 0; i < 8; ++i) {
+    key[1 + i] = static_cast<char>(k.hi >> (56 - 8 * i));
+    key[9 + i] = static_cast<char>(k.lo >> (56 - 8 * i));
+  }
+  return key;
+}
+
+TEST_CASE("concurrent puts, erases, gets and contains keep the index equal to the database") {
+  Env env;
+  env.open(20);  // 60 distinct blocks over a 20-block quota: puts evict all the time
+  constexpr uint64_t kKeys = 60;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(100 + t);
+      for (int i = 0; i < 300; ++i) {
+        const uint64_t n = rng() % kKeys;
+        if (t < 2) {
+          std::vector<TestBlock> blocks;
+          for (uint64_t j = 0; j <= rng() % 3; ++j) blocks.emplace_back((n + j) % kKeys);
+          std::vector<KvSpillBlock> spills;
+          for (const auto& b : blocks) spills.push_back(b.spill());
+          if (!env.kv->put_batch(spills, i % 7 == 0 ? Durability::kLogged : Durability::kCache).ok())
+            ++errors;
+        } else if (t == 2) {
+          const std::vector<BlockKey> keys{TestBlock(n).key, TestBlock((n + 1) % kKeys).key};
+          if (!env.kv->erase_batch(keys).ok()) ++errors;
+          if (i % 50 == 0 && !env.kv->make_durable(keys).ok()) ++errors;
+        } else {
+          (void)env.kv->contains(TestBlock(n).key);
+          const Status s = get_checked(*env.kv, n);
+          if (!s.ok() && s.code() != StatusCode::kNotFound) ++errors;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(errors.load() == 0);
+
+  rocksdb::ColumnFamilyHandle* cf = env.store->handle(ColumnFamily::kKv);
+  size_t stored = 0;
+  for (uint64_t n = 0; n < kKeys; ++n) {
+    CAPTURE(n);
+    std::string value;
+    const bool has_block =
+        env.store->db()->Get(rocksdb::ReadOptions(), cf, record('b', TestBlock(n).key), &value).ok();
+    const bool has_meta =
+        env.store->db()->Get(rocksdb::ReadOptions(), cf, record('m', TestBlock(n).key), &value).ok();
+    CHECK(has_block == has_meta);
+    CHECK(env.kv->contains(TestBlock(n).key) == has_block);
+    stored += has_block ? 1 : 0;
+  }
+  size_t records = 0;
+  std::unique_ptr<rocksdb::Iterator> it(env.store->db()->NewIterator(rocksdb::ReadOptions(), cf));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++records;
+  CHECK(records == 2 * stored);  // nothing stray beside the candidates
+  CHECK(env.kv->num_blocks() == stored);
+  CHECK(env.kv->usage_bytes() == stored * env.block_value_bytes);
+  CHECK(env.kv->usage_bytes() <= env.kv->quota_bytes());
+  // The index a restart rebuilds from the database is the one the store kept.
+  auto reopened = KvStore::open(*env.store, env.format, env.kv->quota_bytes());
+  REQUIRE(reopened.ok());
+  CHECK((*reopened)->num_blocks() == stored);
+  CHECK((*reopened)->usage_bytes() == env.kv->usage_bytes());
+}
+
+TEST_CASE("LRU evictions do not count toward reclaim; erases and dropped blocks do") {
+  Env env;
+  env.open(3);
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());
+  REQUIRE(put(*env.kv, {4, 5}).ok());  // evicts 1 and 2
+  CHECK(env.kv->counters().evictions == 2);
+  CHECK(env.kv->erased_since_reclaim() == 0);
+  REQUIRE(env.kv->erase(TestBlock(4).key).ok());
+  CHECK(env.kv->erased_since_reclaim() == env.block_value_bytes);
+  // A block of another model is dropped on read: that counts as well.
+  env.open(3, "model-b");
+  CHECK(get_checked(*env.kv, 5).code() == StatusCode::kFailedPrecondition);
+  CHECK(env.kv->erased_since_reclaim() == env.block_value_bytes);
+}
+
+// A copy of the database folder taken while the store is open is what a kill -9 at that moment leaves:
+// the memtable is gone, the WAL and the flushed files stay.
+std::unique_ptr<RocksDbStore> open_crash_copy(const Env& env, const std::filesystem::path& to) {
+  std::filesystem::copy(env.dir.path / "db", to, std::filesystem::copy_options::recursive);
+  auto s = RocksDbStore::open(StoreOptions{.path = to.string()});
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  return std::move(s).value();
+}
+
+TEST_CASE("make_durable syncs WAL-less blocks through the WAL again instead of flushing the memtable") {
+  Env env;
+  env.open(100);
+  REQUIRE(put(*env.kv, {1, 2}).ok());  // cache writes: WAL-less, in the memtable only
+  TestBlock logged(3);
+  KvSpillBlock spill = logged.spill();
+  REQUIRE(env.kv->put_batch({&spill, 1}, Durability::kLogged).ok());
+  const std::vector<BlockKey> chain{TestBlock(1).key, TestBlock(3).key};
+  REQUIRE(env.kv->make_durable(chain).ok());
+  uint64_t memtable_entries = 0;
+  REQUIRE(env.store->db()->GetIntProperty(env.store->handle(ColumnFamily::kKv),
+                                          "rocksdb.num-entries-active-mem-table", &memtable_entries));
+  CHECK(memtable_entries > 0);                // no flush ran
+  REQUIRE(env.kv->make_durable(chain).ok());  // nothing volatile left: a no-op
+
+  const std::filesystem::path copy = env.dir.path / "crash";
+  std::unique_ptr<RocksDbStore> crashed = open_crash_copy(env, copy);
+  auto kv = KvStore::open(*crashed, env.format, env.kv->quota_bytes());
+  REQUIRE(kv.ok());
+  CHECK(get_checked(**kv, 1).ok());
+  CHECK(get_checked(**kv, 3).ok());
+  CHECK_FALSE((*kv)->contains(TestBlock(2).key));  // never made durable: lost, as a cache write may be
+  CHECK((*kv)->num_blocks() == 2);
+}
+
 uintmax_t folder_bytes(const std::filesystem::path& dir) {
   uintmax_t total = 0;
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
     if (e.is_regular_file()) total += e.file_size();
   }
   return total;
+}
+
+TEST_CASE("LRU churn far past the quota keeps the folder near it without reclaim (RocksDB's blob GC)") {
+  // 128 KiB blocks in blob files, a 1 MiB memtable so that flushes and compactions happen as they would
+  // at full size, and 64 MiB written through a 4 MiB quota: 60 MiB of evicted blocks.
+  const KvLayout big{.n_layers = 4, .n_kv_heads = 4, .head_dim = 64, .block_size = 16};
+  TempDir dir;
+  StoreOptions options{.path = (dir.path / "db").string()};
+  options.kv_write_buffer_bytes = 1 << 20;
+  auto store = RocksDbStore::open(options);
+  REQUIRE_MESSAGE(store.ok(), store.status().to_string());
+  const uint64_t quota = uint64_t{4} << 20;
+  auto kv = KvStore::open(**store, KvBlockFormat::make("m", big), quota);
+  REQUIRE_MESSAGE(kv.ok(), kv.status().to_string());
+  std::vector<int32_t> tokens(16, 5);
+  std::vector<std::byte> payload(big.block_bytes());
+  std::mt19937_64 rng(2);
+  for (auto& b : payload) b = static_cast<std::byte>(rng());
+  for (uint64_t n = 0; n < 512; n += 8) {
+    std::vector<KvSpillBlock> batch;
+    for (uint64_t i = n; i < n + 8; ++i) batch.push_back({{i + 1, i * 13 + 5}, tokens, payload});
+    REQUIRE((*kv)->put_batch(batch).ok());
+  }
+  rocksdb::DB* db = (*store)->db();
+  REQUIRE(db->Flush(rocksdb::FlushOptions(), (*store)->handle(ColumnFamily::kKv)).ok());
+  // Let the background compactions the writes scheduled finish (no reclaim, no manual compaction).
+  for (int i = 0; i < 600; ++i) {
+    uint64_t pending = 0, running = 0;
+    REQUIRE(db->GetIntProperty("rocksdb.compaction-pending", &pending));
+    REQUIRE(db->GetIntProperty("rocksdb.num-running-compactions", &running));
+    if (pending == 0 && running == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const uintmax_t folder = folder_bytes(dir.path);
+  MESSAGE("kv folder after 64 MiB through a 4 MiB quota: " << folder / 1024 << " KiB");
+  CHECK((*kv)->counters().evictions >= 480);
+  CHECK((*kv)->erased_since_reclaim() == 0);
+  CHECK((*kv)->counters().reclaims == 0);
+  CHECK(folder < 4 * quota);
 }
 
 TEST_CASE("reclaim gives the disk space of deleted blocks back (blob files collected)") {
