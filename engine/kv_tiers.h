@@ -146,6 +146,9 @@ class KvTiers final : public memory::BlockSource {
  public:
   // Blocks staged before the engine thread hands them to the storage thread on its own.
   static constexpr size_t kSpillBatchBlocks = 32;
+  // Blocks per WriteBatch (spills, persist, flush) and per MultiGet in prefetch: large enough to amortize a
+  // batch, small enough that one refused batch (quota) loses little and the read buffer stays small.
+  static constexpr size_t kIoBatchBlocks = 64;
   static constexpr std::chrono::seconds kRetryAfter{1};
   static constexpr std::chrono::seconds kWarnEvery{30};
 
