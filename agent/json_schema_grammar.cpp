@@ -1,7 +1,10 @@
 #include "agent/json_schema_grammar.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
+
+#include "tools/json_schema_validator.h"
 
 namespace agentserve::agent {
 namespace {
@@ -26,6 +29,9 @@ class SchemaCompiler {
   SchemaCompiler(Grammar& grammar, const json& root, const JsonSchemaGrammarOptions& options)
       : g_(grammar), root_(root), options_(options) {}
 
+  // The root, through the "#" reference, so a "$ref": "#" inside names this very node.
+  Result<int> compile_root() { return compile_ref(json("#"), "#"); }
+
   Result<int> compile(const json& schema, const std::string& path) {
     if (++depth_ > 64) return Status::invalid_argument("schema nests deeper than 64 levels at " + path);
     auto result = compile_inner(schema, path);
@@ -39,7 +45,17 @@ class SchemaCompiler {
       return Status::invalid_argument("boolean schema at " + path + " is not supported; give a type");
     }
     if (!schema.is_object()) return Status::invalid_argument("schema at " + path + " is not an object");
-    if (auto it = schema.find("$ref"); it != schema.end()) return compile_ref(*it, path);
+    if (auto it = schema.find("$ref"); it != schema.end()) {
+      // The tools validator's rule too (tools::check_schema): a reference is the whole schema at its place.
+      for (auto key = schema.begin(); key != schema.end(); ++key) {
+        if (key.key() != "$ref" && key.key() != "$defs" && key.key() != "definitions" &&
+            !annotation_keywords().count(key.key())) {
+          return Status::invalid_argument("unsupported keyword \"" + key.key() + "\" beside $ref at " + path +
+                                          " (a $ref stands alone)");
+        }
+      }
+      return compile_ref(*it, path);
+    }
     if (auto it = schema.find("const"); it != schema.end()) {
       AS_RETURN_IF_ERROR(check_keys(schema, path, {"const", "type", "enum"}));
       return scalar_literal(*it, path + "/const");
@@ -116,9 +132,10 @@ class SchemaCompiler {
   Result<int> compile_object(const json& schema, const std::string& path) {
     AS_RETURN_IF_ERROR(check_keys(
         schema, path, {"type", "properties", "required", "additionalProperties", "$defs", "definitions"}, true));
-    if (auto it = schema.find("additionalProperties"); it != schema.end() && *it != json(false)) {
-      return Status::invalid_argument("additionalProperties at " + path +
-                                      " must be false (strict mode: only the listed properties)");
+    // Whatever it allows, only the listed properties are ever produced (as when it is absent): every such
+    // document is valid, so a tool the registry accepts with extra keys allowed can still be constrained.
+    if (auto it = schema.find("additionalProperties"); it != schema.end() && !it->is_boolean() && !it->is_object()) {
+      return Status::invalid_argument("additionalProperties at " + path + " must be a boolean or a schema");
     }
     std::set<std::string> required;
     if (auto it = schema.find("required"); it != schema.end()) {
@@ -130,6 +147,7 @@ class SchemaCompiler {
     }
     GrammarNode n;
     n.kind = GrammarNodeKind::kObject;
+    ConsumedScope consumed(unconsumed_refs_);
     if (auto it = schema.find("properties"); it != schema.end()) {
       if (!it->is_object()) return Status::invalid_argument("properties at " + path + " must be an object");
       for (auto prop = it->begin(); prop != it->end(); ++prop) {
@@ -161,36 +179,44 @@ class SchemaCompiler {
       }
     }
     if (n.min_items > n.max_items) return Status::invalid_argument("minItems > maxItems at " + path);
+    ConsumedScope consumed(unconsumed_refs_);
     AS_ASSIGN_OR_RETURN(int item, compile(*items, path + "/items"));
     n.children = {item};
     return g_.add(std::move(n));
   }
 
+  // A $ref compiles once, into a one-option anyOf that every use (recursive ones included) points to. The
+  // target is found by the tools validator's resolver, so both read the same references.
   Result<int> compile_ref(const json& ref, const std::string& path) {
     if (!ref.is_string()) return Status::invalid_argument("$ref at " + path + " must be a string");
     const std::string target = ref.get<std::string>();
-    if (auto it = refs_.find(target); it != refs_.end()) return it->second;
-    std::string name;
-    const json* defs = nullptr;
-    for (const char* prefix : {"#/$defs/", "#/definitions/"}) {
-      const std::string p(prefix);
-      if (target.rfind(p, 0) == 0) {
-        name = target.substr(p.size());
-        auto it = root_.find(p.substr(2, p.size() - 3));
-        if (it != root_.end() && it->is_object()) defs = &*it;
+    if (auto it = refs_.find(target); it != refs_.end()) {
+      // Reached again before any character: expanding it would never end (left recursion).
+      if (std::find(unconsumed_refs_.begin(), unconsumed_refs_.end(), target) != unconsumed_refs_.end()) {
+        std::string chain;
+        for (const std::string& r : unconsumed_refs_) chain += r + " -> ";
+        return Status::invalid_argument("$ref \"" + target + "\" at " + path +
+                                        " reaches itself without consuming a character (left recursion: " +
+                                        chain + target + ")");
       }
+      return it->second;
     }
-    if (defs == nullptr || !defs->contains(name)) {
+    const json* body = tools::resolve_schema_ref(root_, target);
+    if (body == nullptr) {
       return Status::invalid_argument("$ref \"" + target + "\" at " + path +
-                                      " does not name an entry of the root's $defs or definitions");
+                                      " does not resolve (only \"#\" and \"#/$defs/<name>\" or "
+                                      "\"#/definitions/<name>\")");
     }
     // A placeholder first, so a recursive definition refers to itself: it becomes a one-option anyOf.
     GrammarNode wrapper;
     wrapper.kind = GrammarNodeKind::kAnyOf;
     const int index = g_.add(std::move(wrapper));
     refs_[target] = index;
-    AS_ASSIGN_OR_RETURN(int body, compile((*defs)[name], target.substr(1)));
-    g_.nodes[static_cast<size_t>(index)].children = {body};
+    unconsumed_refs_.push_back(target);
+    auto compiled = compile(*body, target);
+    unconsumed_refs_.pop_back();
+    AS_RETURN_IF_ERROR(compiled.status());
+    g_.nodes[static_cast<size_t>(index)].children = {*compiled};
     return index;
   }
 
@@ -212,10 +238,27 @@ class SchemaCompiler {
     return {};
   }
 
+  // An object's or array's opening character comes before its children: refs entered above it have
+  // consumed one by the time the children start.
+  class ConsumedScope {
+   public:
+    explicit ConsumedScope(std::vector<std::string>& refs) : refs_(refs), saved_(std::move(refs)) {
+      refs_.clear();
+    }
+    ~ConsumedScope() { refs_ = std::move(saved_); }
+    ConsumedScope(const ConsumedScope&) = delete;
+    ConsumedScope& operator=(const ConsumedScope&) = delete;
+
+   private:
+    std::vector<std::string>& refs_;
+    std::vector<std::string> saved_;
+  };
+
   Grammar& g_;
   const json& root_;
   JsonSchemaGrammarOptions options_;
   std::map<std::string, int> refs_;
+  std::vector<std::string> unconsumed_refs_;  // refs entered since the last character-consuming node
   int depth_ = 0;
 };
 
@@ -224,13 +267,71 @@ class SchemaCompiler {
 Result<int> add_json_schema(Grammar& grammar, const nlohmann::ordered_json& schema,
                             const JsonSchemaGrammarOptions& options) {
   SchemaCompiler compiler(grammar, schema, options);
-  return compiler.compile(schema, "#");
+  return compiler.compile_root();
 }
 
 Result<Grammar> compile_json_schema(const nlohmann::ordered_json& schema, const JsonSchemaGrammarOptions& options) {
   Grammar grammar;
   AS_ASSIGN_OR_RETURN(grammar.root, add_json_schema(grammar, schema, options));
+  index_first_bytes(grammar);
   return grammar;
+}
+
+void index_first_bytes(Grammar& grammar) {
+  using Bytes = std::array<uint64_t, 4>;
+  const auto with = [](Bytes b, uint8_t c) {
+    b[c / 64] |= uint64_t{1} << (c % 64);
+    return b;
+  };
+  std::vector<Bytes> first(grammar.nodes.size(), Bytes{});
+  // Nodes that start with their own byte are set once; anyOf, sequence and repeat start with a child's
+  // byte, so they are ORed to a fixed point (recursive $refs make cycles; the sets only grow, at most 256
+  // bits a node, so it ends).
+  for (size_t i = 0; i < grammar.nodes.size(); ++i) {
+    const GrammarNode& n = grammar.nodes[i];
+    switch (n.kind) {
+      case GrammarNodeKind::kLiteral:
+        // An empty literal would start with whatever follows it: allow every byte.
+        first[i] = n.literal.empty() ? Bytes{~0ull, ~0ull, ~0ull, ~0ull}
+                                     : with({}, static_cast<uint8_t>(n.literal[0]));
+        break;
+      case GrammarNodeKind::kString:
+        first[i] = with({}, '"');
+        break;
+      case GrammarNodeKind::kNumber:
+      case GrammarNodeKind::kInteger:
+        first[i] = with({}, '-');
+        for (uint8_t c = '0'; c <= '9'; ++c) first[i] = with(first[i], c);
+        break;
+      case GrammarNodeKind::kObject:
+        first[i] = with({}, '{');
+        break;
+      case GrammarNodeKind::kArray:
+        first[i] = with({}, '[');
+        break;
+      default:
+        break;
+    }
+  }
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t i = 0; i < grammar.nodes.size(); ++i) {
+      const GrammarNode& n = grammar.nodes[i];
+      if (n.children.empty()) continue;
+      const bool all = n.kind == GrammarNodeKind::kAnyOf;
+      if (!all && n.kind != GrammarNodeKind::kSequence && n.kind != GrammarNodeKind::kRepeat) continue;
+      for (size_t c = 0; c < (all ? n.children.size() : 1); ++c) {
+        const Bytes& child = first[static_cast<size_t>(n.children[c])];
+        for (size_t w = 0; w < 4; ++w) {
+          if ((first[i][w] | child[w]) != first[i][w]) {
+            first[i][w] |= child[w];
+            changed = true;
+          }
+        }
+      }
+    }
+  }
+  grammar.first_bytes = std::move(first);
 }
 
 }  // namespace agentserve::agent

@@ -7,13 +7,17 @@
 // its JSON-pointer path.
 //
 // Supported: type (one or a list, e.g. ["string", "null"]), object (properties, required,
-// additionalProperties false or absent: no other keys are ever produced), array (items, minItems,
-// maxItems), enum and const of scalars, string (maxLength), number, integer, boolean, null, anyOf, $ref to "#/$defs/.."
-// or "#/definitions/..", and annotations (description, title, default, examples, strict, $schema) ignored.
+// additionalProperties of any value or absent: no other keys are ever produced), array (items, minItems,
+// maxItems), enum and const of scalars, string (maxLength), number, integer, boolean, null, anyOf, $ref to "#",
+// "#/$defs/.." or "#/definitions/.." (resolved by tools::resolve_schema_ref, the validator's own resolver; a
+// $ref stands alone, and one that reaches itself before any character, left recursion, is refused with its
+// cycle: both also refused by tools::check_schema), and annotations (description, title, default, examples,
+// strict, $schema) ignored.
 // Key order: properties are emitted in the schema's order; a property not listed in required may be left
 // out. Numbers and integers are capped in length (see kMaxIntegerDigits) so a model cannot loop in one.
 #pragma once
 
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <string>
@@ -60,6 +64,16 @@ inline constexpr int kMaxExponentDigits = 2;  // so a number always fits a doubl
 struct Grammar {
   std::vector<GrammarNode> nodes;
   int root = -1;
+  // Per node, the bytes its text may start with (a 256-bit set), so the matcher forks only into the anyOf
+  // options that can take the next byte rather than copying its stack into every option and dropping most.
+  // Filled by index_first_bytes(); valid only while its size equals nodes.size() (the matcher then forks
+  // into every option, which is slower, never wrong).
+  std::vector<std::array<uint64_t, 4>> first_bytes;
+
+  bool may_start_with(int node, uint8_t byte) const {
+    return first_bytes.size() != nodes.size() ||
+           (first_bytes[static_cast<size_t>(node)][byte / 64] >> (byte % 64) & 1u) != 0;
+  }
 
   int add(GrammarNode node) {
     nodes.push_back(std::move(node));
@@ -79,6 +93,10 @@ struct JsonSchemaGrammarOptions {
   // validate the finished document against the full schema anyway (tool calls: the ToolRegistry).
   bool skip_unenforced_keywords = false;
 };
+
+// Computes grammar.first_bytes for the nodes as they are now. compile_json_schema and the constraints
+// (agent/tool_call_constraint.h) call it once the grammar is whole.
+void index_first_bytes(Grammar& grammar);
 
 // Adds the nodes for `schema` to `grammar` and returns the index of its root (the grammar's root is left
 // as it was, so several schemas can share one grammar).

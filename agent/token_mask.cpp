@@ -42,7 +42,11 @@ class Stepper {
  public:
   Stepper(const Grammar& g, MatchState& out) : g_(g), out_(out) {}
 
+  // Went over kMaxLiveStacks or kMaxForkFramesPerByte: what was emitted is incomplete.
+  bool exhausted() const { return exhausted_; }
+
   void step(Stack& s, uint8_t c) {
+    if (exhausted_) return;
     MatchFrame& f = s.back();
     if (f.node < 0) {
       if (f.phase != 0) return;
@@ -115,15 +119,29 @@ class Stepper {
 
  private:
   void emit(const Stack& s) {
+    if (exhausted_ || out_.ends.size() >= kMaxLiveStacks) {
+      exhausted_ = true;
+      return;
+    }
     out_.frames.insert(out_.frames.end(), s.begin(), s.end());
     out_.ends.push_back(static_cast<uint32_t>(out_.frames.size()));
   }
 
+  // Pushes `node` and feeds it `c`, its first byte. An anyOf forks: each option that may start with `c` gets
+  // its own copy of the stack (the others would die on this byte, so they are never copied).
   void start_value(Stack& s, int node, uint8_t c, int nesting) {
+    if (!g_.may_start_with(node, c)) return;
     const GrammarNode& n = g_.nodes[static_cast<size_t>(node)];
     if (n.kind == GrammarNodeKind::kAnyOf) {
       if (nesting >= kMaxAnyOfNesting) return;
       for (int option : n.children) {
+        if (exhausted_) return;
+        if (!g_.may_start_with(option, c)) continue;
+        fork_frames_ += s.size();
+        if (fork_frames_ > kMaxForkFramesPerByte) {
+          exhausted_ = true;
+          return;
+        }
         Stack copy = s;
         start_value(copy, option, c, nesting + 1);
       }
@@ -306,6 +324,8 @@ class Stepper {
 
   const Grammar& g_;
   MatchState& out_;
+  size_t fork_frames_ = 0;
+  bool exhausted_ = false;
 };
 
 // Whether stack `s` can end here without another byte: a number in a final state or a repeat with enough
@@ -325,23 +345,52 @@ bool stack_can_end(const Grammar& g, Stack s) {
   }
 }
 
-// Drops repeated stacks in place (anyOf options that read alike leave twins); allocates nothing.
+// Drops repeated stacks in place, keeping the first of each in order (anyOf options that read alike leave
+// twins): stacks are sorted by a hash of their frames and only equal hashes are compared, so many stacks cost
+// n log n, not n^2 comparisons of whole stacks. Allocates nothing once its scratch has grown.
 void dedupe(MatchState& st) {
-  if (st.ends.size() < 2) return;
+  const size_t n = st.ends.size();
+  if (n < 2) return;
+  thread_local std::vector<std::pair<uint64_t, uint32_t>> order;  // (hash, stack index)
+  thread_local std::vector<uint8_t> drop;
+  const auto begin_of = [&](size_t i) { return i == 0 ? uint32_t{0} : st.ends[i - 1]; };
+  order.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t h = 1469598103934665603ull;
+    for (uint32_t f = begin_of(i); f < st.ends[i]; ++f) {
+      const MatchFrame& m = st.frames[f];
+      for (int32_t v : {m.node, m.phase, m.a, m.b}) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ull;
+    }
+    order[i] = {h, static_cast<uint32_t>(i)};
+  }
+  std::sort(order.begin(), order.end());
+  drop.assign(n, 0);
+  bool any = false;
+  for (size_t r = 0; r < n;) {
+    size_t run_end = r + 1;
+    while (run_end < n && order[run_end].first == order[r].first) ++run_end;
+    for (size_t j = r + 1; j < run_end; ++j) {
+      const uint32_t b = order[j].second;
+      for (size_t k = r; k < j; ++k) {
+        const uint32_t a = order[k].second;  // a < b: the run is sorted by index too
+        if (drop[a] || st.ends[a] - begin_of(a) != st.ends[b] - begin_of(b)) continue;
+        if (std::equal(st.frames.begin() + begin_of(a), st.frames.begin() + st.ends[a],
+                       st.frames.begin() + begin_of(b))) {
+          drop[b] = 1;
+          any = true;
+          break;
+        }
+      }
+    }
+    r = run_end;
+  }
+  if (!any) return;
   size_t kept = 0;          // stacks kept so far, compacted to the front
   uint32_t write_end = 0;   // end of the kept frames
   uint32_t begin = 0;
-  for (size_t i = 0; i < st.ends.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const uint32_t end = st.ends[i];
-    bool seen = false;
-    uint32_t kb = 0;
-    for (size_t k = 0; k < kept && !seen; ++k) {
-      const uint32_t ke = st.ends[k];
-      seen = ke - kb == end - begin &&
-             std::equal(st.frames.begin() + begin, st.frames.begin() + end, st.frames.begin() + kb);
-      kb = ke;
-    }
-    if (!seen) {
+    if (!drop[i]) {
       std::copy(st.frames.begin() + begin, st.frames.begin() + end, st.frames.begin() + write_end);
       write_end += end - begin;
       st.ends[kept++] = write_end;
@@ -372,19 +421,33 @@ void GrammarMatcher::step(const Grammar& grammar, const MatchState& in, uint8_t 
   for (uint32_t end : in.ends) {
     s.assign(in.frames.begin() + begin, in.frames.begin() + end);
     stepper.step(s, byte);
+    if (stepper.exhausted()) break;
     begin = end;
   }
-  dedupe(out);
+  out.exhausted = stepper.exhausted();
+  if (!out.exhausted) dedupe(out);
+}
+
+Status parse_budget_exhausted() {
+  return Status::resource_exhausted(
+      "the JSON schema is too ambiguous to constrain here: its anyOf options read alike for too long "
+      "(more than " + std::to_string(kMaxLiveStacks) + " parse stacks, " + std::to_string(kMaxForkFramesPerByte) +
+      " frames forked for one byte, or " + std::to_string(kMaxMaskWalkFrames) +
+      " frames stepped for one token's mask); make the options start differently");
 }
 
 bool GrammarMatcher::accepts(std::string_view bytes) const {
+  exhausted_ = false;
   const MatchState* cur = &state_;
   int which = 0;
   for (char ch : bytes) {
     step(*grammar_, *cur, static_cast<uint8_t>(ch), scratch_[which]);
     cur = &scratch_[which];
     which ^= 1;
-    if (cur->dead()) return false;
+    if (cur->dead()) {
+      exhausted_ = cur->exhausted;
+      return false;
+    }
   }
   return true;
 }
@@ -433,13 +496,15 @@ MaskBuilder::MaskBuilder(std::shared_ptr<const VocabularyIndex> index, size_t ma
       levels_(index_->max_token_bytes() + 1),
       scratch_(index_->mask_words()) {}
 
-void MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
+Status MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
   std::lock_guard lock(mutex_);
+  walk_frames_ = 0;
+  walk_exhausted_ = false;
   matcher.state().key(key_);
   if (auto it = cache_.find(key_); it != cache_.end()) {
     ++hits_;
     std::copy(it->second.begin(), it->second.end(), mask.begin());
-    return;
+    return Status::ok_status();
   }
   ++misses_;
   std::fill(mask.begin(), mask.end(), 0u);
@@ -464,17 +529,22 @@ void MaskBuilder::fill(const GrammarMatcher& matcher, std::span<uint32_t> mask) 
     levels_[0] = others_;
     walk(grammar, Trie{index_->nodes().data(), index_->trie_token_ids().data(), nullptr}, 0, 0, INT_MAX, mask);
   }
+  if (walk_exhausted_) return parse_budget_exhausted();
   // A bounded cache: a grammar that keeps making new states (deep nesting) starts over rather than grow.
   if (cache_.size() >= max_cached_) cache_.clear();
   cache_.emplace(key_, std::vector<uint32_t>(mask.begin(), mask.end()));
+  return Status::ok_status();
 }
 
-void MaskBuilder::fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
+Status MaskBuilder::fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask) {
   std::lock_guard lock(mutex_);
+  walk_frames_ = 0;
+  walk_exhausted_ = false;
   std::fill(mask.begin(), mask.end(), 0u);
   levels_[0] = matcher.state();
   walk(matcher.grammar(), Trie{index_->nodes().data(), index_->trie_token_ids().data(), nullptr}, 0, 0, INT_MAX,
        mask);
+  return walk_exhausted_ ? parse_budget_exhausted() : Status::ok_status();
 }
 
 void MaskBuilder::fill_string(const Grammar& grammar, const MatchState& state, uint32_t begin, uint32_t end,
@@ -526,7 +596,17 @@ void MaskBuilder::walk(const Grammar& grammar, const Trie& trie, uint32_t node, 
   for (uint32_t c = n.first_child; c < n.first_child + n.n_children; ++c) {
     const VocabularyIndex::Node& child = trie.nodes[c];
     MatchState& next = levels_[depth + 1];
+    // The walk's work is the frames it steps: one step per trie node, each over every stack of the level.
+    walk_frames_ += levels_[depth].frames.size();
+    if (walk_exhausted_ || walk_frames_ > kMaxMaskWalkFrames) {
+      walk_exhausted_ = true;
+      return;
+    }
     GrammarMatcher::step(grammar, levels_[depth], child.byte, next);
+    if (next.exhausted) {
+      walk_exhausted_ = true;
+      return;
+    }
     if (next.dead()) continue;
     for (uint32_t i = child.first_token; i < child.first_token + child.n_tokens; ++i) {
       if (trie.chars != nullptr && trie.chars[i] > max_chars) continue;

@@ -8,8 +8,13 @@
 // walk over the few suffixes after a closing quote.
 //
 // The matcher is a set of parse stacks (anyOf and optional properties fork them; dead ones are dropped), so it
-// needs no backtracking and never re-parses. It must never accept bytes the grammar does not describe; a
-// tokenizer's added tokens (<tool_call>, <|im_end|>) are left out of the trie and allowed only where a literal
+// needs no backtracking and never re-parses. An anyOf forks only into the options whose first byte can be the
+// next one (Grammar::first_bytes), and identical stacks are merged. A schema whose anyOf options read alike
+// for long (object branches sharing keys whose values recurse) still multiplies its stacks with every level
+// of nesting, so the work is capped (the limits below, in one place): a step past them leaves the state
+// `exhausted`, the matcher refuses the byte and the mask builder returns ResourceExhausted; the constraint
+// then ends the request with that error, never spins on the engine thread. It must never accept bytes the
+// grammar does not describe; a tokenizer's added tokens (<tool_call>, <|im_end|>) are left out of the trie and allowed only where a literal
 // marked added_tokens spells them (end-of-sequence tokens are the constraint's business, tool_call_constraint.h).
 #pragma once
 
@@ -27,6 +32,15 @@
 
 namespace agentserve::agent {
 
+// Budgets of the matcher and the mask walk. A byte step that would keep more live stacks, or push more
+// frames while forking into anyOf options, than these is refused as exhausted; a mask whose trie walk
+// steps more frames in all (one stack's frames count once per trie node it is stepped at) fails. A deep
+// tree value steps about 50,000 frames a mask, the plain walk of the whole trie a few million; the cap is
+// tens of milliseconds of one core (docs/benchmarks.md has the measured work).
+inline constexpr size_t kMaxLiveStacks = 256;
+inline constexpr size_t kMaxForkFramesPerByte = 4096;
+inline constexpr size_t kMaxMaskWalkFrames = size_t{1} << 23;
+
 // One level of a parse stack: which node, and where in it (meaning per node kind, token_mask.cpp).
 struct MatchFrame {
   int32_t node = -1;  // -1: the root frame under everything
@@ -40,11 +54,15 @@ struct MatchFrame {
 struct MatchState {
   std::vector<MatchFrame> frames;
   std::vector<uint32_t> ends;
+  // The step that made this state went over kMaxLiveStacks or kMaxForkFramesPerByte: its stacks are
+  // incomplete and it is treated as dead (never cached, never advanced to).
+  bool exhausted = false;
 
-  bool dead() const { return ends.empty(); }
+  bool dead() const { return ends.empty() || exhausted; }
   void clear() {
     frames.clear();
     ends.clear();
+    exhausted = false;
   }
   // Bytes that identify the state (equal states, equal keys): the mask cache's key.
   void key(std::string& out) const;
@@ -54,8 +72,11 @@ class GrammarMatcher {
  public:
   explicit GrammarMatcher(std::shared_ptr<const Grammar> grammar);
 
-  // Consumes `bytes`; false (and the state unchanged) when the grammar does not allow them here.
+  // Consumes `bytes`; false (and the state unchanged) when the grammar does not allow them here, or when
+  // they would take the matcher past its budget (then exhausted() is true).
   bool advance(std::string_view bytes);
+  // The last advance() or accepts() was refused for the budget, not by the grammar.
+  bool exhausted() const { return exhausted_; }
   // Whether `bytes` would be accepted, without changing the state.
   bool accepts(std::string_view bytes) const;
   // The text so far is a whole document of the grammar.
@@ -74,7 +95,11 @@ class GrammarMatcher {
   std::shared_ptr<const Grammar> grammar_;
   MatchState state_;
   mutable MatchState scratch_[2];
+  mutable bool exhausted_ = false;
 };
+
+// The error a constraint ends its request with when the matcher or the mask walk goes over budget.
+Status parse_budget_exhausted();
 
 // Computes masks for one grammar over one vocabulary, with a cache of masks by matcher state. Thread-safe:
 // one MaskBuilder can serve the concurrent requests that share a grammar.
@@ -83,17 +108,21 @@ class MaskBuilder {
   MaskBuilder(std::shared_ptr<const VocabularyIndex> index, size_t max_cached_states = 512);
 
   // Sets exactly the bits of the trie's tokens `matcher` accepts next (added tokens and EOS untouched: 0).
-  void fill(const GrammarMatcher& matcher, std::span<uint32_t> mask);
+  // ResourceExhausted (mask unspecified, nothing cached) when a step of the walk or the walk as a whole goes
+  // over the budgets above.
+  Status fill(const GrammarMatcher& matcher, std::span<uint32_t> mask);
 
   // The reference: every token decoded and tried on the matcher one by one. For tests.
   static void fill_reference(const VocabularyIndex& index, const GrammarMatcher& matcher, std::span<uint32_t> mask);
   // The plain trie walk over every stack, string bodies included, without the cache: the reference that
   // fill()'s string shortcut must equal. For tests and the benchmark.
-  void fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask);
+  Status fill_by_walk(const GrammarMatcher& matcher, std::span<uint32_t> mask);
 
   const VocabularyIndex& index() const { return *index_; }
   size_t cache_hits() const { return hits_; }
   size_t cache_misses() const { return misses_; }
+  // Frames stepped by the last fill()'s trie walks (0 on a cache hit): the work kMaxMaskWalkFrames caps.
+  size_t last_walk_frames() const { return walk_frames_; }
 
  private:
   struct Trie;
@@ -115,6 +144,8 @@ class MaskBuilder {
   std::string key_;
   size_t hits_ = 0;
   size_t misses_ = 0;
+  size_t walk_frames_ = 0;  // this fill's work so far
+  bool walk_exhausted_ = false;
 };
 
 }  // namespace agentserve::agent

@@ -27,6 +27,7 @@ Result<std::shared_ptr<CompiledConstraint>> CompiledConstraint::for_grammar(
   if (eos_ids.empty()) return Status::invalid_argument("constraint needs at least one end-of-sequence id");
   if (grammar.root < 0 || static_cast<size_t>(grammar.root) >= grammar.nodes.size())
     return Status::invalid_argument("grammar has no root");
+  index_first_bytes(grammar);
   return std::shared_ptr<CompiledConstraint>(
       new CompiledConstraint(std::move(index), std::move(grammar), std::move(eos_ids)));
 }
@@ -94,7 +95,15 @@ void GrammarConstraint::fill_allowed(std::span<uint32_t> mask) {
     std::fill(mask.begin(), mask.end(), 0u);
     return;
   }
-  compiled_->masks().fill(matcher_, mask);
+  if (failed_.ok()) failed_ = compiled_->masks().fill(matcher_, mask);
+  if (!failed_.ok()) {
+    // Over the parse budget: the engine ends a request only when accept() fails (an empty mask would end it
+    // with a message that does not say why), so only end of sequence is allowed, and accept() answers it
+    // with the reason.
+    std::fill(mask.begin(), mask.end(), 0u);
+    for (int32_t id : compiled_->eos_ids()) set_bit(mask, id);
+    return;
+  }
   for (const VocabularyIndex::Added& added : compiled_->masks().index().added()) {
     if (!is_eos(compiled_->eos_ids(), added.id) && matcher_.added_token_allowed(added.content))
       set_bit(mask, added.id);
@@ -106,6 +115,7 @@ void GrammarConstraint::fill_allowed(std::span<uint32_t> mask) {
 
 Status GrammarConstraint::accept(int32_t token) {
   if (complete_) return Status::failed_precondition("constrained text is complete; no token may follow");
+  if (!failed_.ok()) return failed_;
   if (is_eos(compiled_->eos_ids(), token)) {
     if (!matcher_.can_end())
       return Status::invalid_argument("end of sequence before the constrained text is complete");
@@ -117,6 +127,7 @@ Status GrammarConstraint::accept(int32_t token) {
                                  compiled_->masks().index().added().end(),
                                  [&](const VocabularyIndex::Added& a) { return a.id == token; });
   if (bytes.empty() || (added && !matcher_.added_token_allowed(bytes)) || !matcher_.advance(bytes)) {
+    if (matcher_.exhausted()) return failed_ = parse_budget_exhausted();
     return Status::invalid_argument("token " + std::to_string(token) + " does not fit the constraint here");
   }
   return {};

@@ -6,7 +6,9 @@
 // and is shared by the requests that use the same tools or schema; start() gives each request its own
 // matcher. The constraint starts at the first generated token: a prompt that wants reasoning first must
 // close it in the prompt (the empty think block of enable_thinking=false). It never allows an end-of-sequence
-// token before the text is whole, nor any token after it.
+// token before the text is whole, nor any token after it, except to end a request whose schema went over
+// the parse budget (token_mask.h): then accept() of that EOS returns ResourceExhausted, which ends the
+// request with that error.
 #pragma once
 
 #include <memory>
@@ -78,6 +80,9 @@ class GrammarConstraint : public engine::TokenConstraint {
   std::shared_ptr<CompiledConstraint> compiled_;
   GrammarMatcher matcher_;
   bool complete_ = false;
+  // Not OK once the matcher or a mask went over the parse budget (token_mask.h): the request then ends
+  // with this error at its next token.
+  Status failed_;
 };
 
 }  // namespace agentserve::agent

@@ -7,7 +7,9 @@
 // microseconds against the 50 us goal, plus the plain reference (every token tried on the matcher) once.
 // At each cache miss of a first call (a state's first visit) the old path, the plain trie walk over every
 // stack (MaskBuilder::fill_by_walk), is timed on the same state too, so the string-body shortcut is
-// compared with what it replaced in the same run.
+// compared with what it replaced in the same run. Last, deep values of two recursive schemas
+// (tests/agent/recursive_schemas.h) go through a fresh constraint: time per step, live parse stacks and the
+// frames a mask's walk steps, or the step where the parse budget (agent/token_mask.h) ends it.
 //
 //   token_mask_bench [--tokenizer DIR] [--calls N]
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "agent/tool_call_constraint.h"
+#include "tests/agent/recursive_schemas.h"
 #include "tests/agent/schema_instances.h"
 
 namespace {
@@ -92,11 +95,11 @@ int main(int argc, char** argv) {
         double fast_us = 0, walk_us = 0;
         if (c == 0) {
           t0 = Clock::now();
-          probe.fill_by_walk(matcher, mask);
+          if (!probe.fill_by_walk(matcher, mask).ok()) return 1;
           walk_us = us_since(t0);
           const size_t misses = probe.cache_misses();
           t0 = Clock::now();
-          probe.fill(matcher, mask);
+          if (!probe.fill(matcher, mask).ok()) return 1;
           fast_us = us_since(t0);
           if (probe.cache_misses() > misses) {
             miss_fast.push_back(fast_us);
@@ -140,5 +143,53 @@ int main(int argc, char** argv) {
   std::printf("mask per step, all: median %.1f us (goal 50 us: %.2fx), p99 %.1f us\n", percentile(all, 0.5),
               percentile(all, 0.5) / 50.0, percentile(all, 0.99));
   std::printf("plain reference (every token tried on the matcher), one step: %.0f us\n", reference_us);
+
+  // Recursive schemas: a deep valid value, accepted token by token, timing fill_allowed at each step (a fresh
+  // constraint, so every state is a cache miss the first time).
+  struct Recursive {
+    std::string name;
+    nlohmann::ordered_json schema;
+    std::string text;
+  };
+  std::vector<Recursive> recursive;
+  for (int depth : {24, 40})
+    recursive.push_back({"tree (string | array | {kids}), depth " + std::to_string(depth),
+                         agent::testing::tree_schema(), agent::testing::deep_tree_text(depth)});
+  for (int depth : {6, 9, 12, 15})
+    recursive.push_back({"3-way (two object branches share keys), depth " + std::to_string(depth),
+                         agent::testing::three_way_schema(), agent::testing::deep_three_way_text(depth)});
+  for (const Recursive& r : recursive) {
+    auto compiled = agent::CompiledConstraint::for_json_schema(index, r.schema, {im_end});
+    if (!compiled.ok()) {
+      std::printf("%s: refused at compile: %s\n", r.name.c_str(), compiled.status().to_string().c_str());
+      continue;
+    }
+    auto constraint = (*compiled)->start();
+    const auto& matcher = static_cast<agent::GrammarConstraint*>(constraint.get())->matcher();
+    std::vector<double> steps;
+    size_t max_stacks = 0, max_walk = 0;
+    std::string outcome = "whole value accepted";
+    const auto ids = tokenizer->encode(r.text);
+    const auto start = Clock::now();
+    for (int32_t id : ids) {
+      t0 = Clock::now();
+      constraint->fill_allowed(mask);
+      steps.push_back(us_since(t0));
+      max_stacks = std::max(max_stacks, matcher.state().ends.size());
+      max_walk = std::max(max_walk, (*compiled)->masks().last_walk_frames());
+      if (Status accepted = constraint->accept(id); !accepted.ok()) {
+        outcome = "stopped: " + accepted.to_string();
+        break;
+      }
+      if (us_since(start) > 60e6) {
+        outcome = "stopped after 60 s";
+        break;
+      }
+    }
+    std::printf("%s: %zu of %zu tokens, mask per step median %.1f us, p99 %.1f us, max %.1f us; "
+                "at most %zu live stacks, %zu frames stepped by one mask's walk; %s\n",
+                r.name.c_str(), steps.size(), ids.size(), percentile(steps, 0.5), percentile(steps, 0.99),
+                percentile(steps, 1.0), max_stacks, max_walk, outcome.c_str());
+  }
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "tools/json_schema_validator.h"
 
 #include <cmath>
+#include <map>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -13,7 +14,6 @@ using json = nlohmann::json;
 // libstdc++'s std::regex matches by recursion proportional to the subject's length, so a long string could
 // overflow the stack; patterns apply only to strings up to this size (longer ones are rejected, clearly).
 constexpr size_t kMaxPatternSubjectBytes = 1024;
-constexpr size_t kMaxValidationSteps = 1000000;
 
 std::string pointer_token(std::string_view key) {
   std::string out;
@@ -58,21 +58,54 @@ bool is_annotation(std::string_view k) {
          k == "$schema" || k == "$id" || k == "$comment" || k == "strict";
 }
 
-// The schema a "$ref" names, or nullptr. Only local references into $defs (or definitions) and "#".
 const json* resolve_ref(const json& root, std::string_view ref) {
-  if (ref == "#") return &root;
-  for (std::string_view prefix : {std::string_view("#/$defs/"), std::string_view("#/definitions/")}) {
-    if (ref.substr(0, prefix.size()) != prefix) continue;
-    const std::string container(prefix.substr(2, prefix.size() - 3));
-    const std::string name(ref.substr(prefix.size()));
-    if (!root.is_object()) return nullptr;
-    auto defs = root.find(container);
-    if (defs == root.end() || !defs->is_object()) return nullptr;
-    auto it = defs->find(name);
-    return it == defs->end() ? nullptr : &*it;
-  }
-  return nullptr;
+  return resolve_schema_ref(root, ref);
 }
+
+// Left recursion: a $ref that leads back to itself through $refs and anyOf options only, without a type,
+// enum or const in between (each of those starts its value with a character of its own). A decoder
+// expanding such a schema would never reach a character, so check_schema refuses it, naming the cycle.
+// One depth-first pass over those edges, from the root and every $defs entry: linear in the schema.
+class LeftRecursionFinder {
+ public:
+  explicit LeftRecursionFinder(const json& root) : root_(root) {}
+
+  // From a schema at `path` of the document (the root: ""), which names the start of the cycle's chain.
+  Status start(const json& schema, const std::string& path) {
+    chain_ = "#" + path;
+    return visit(schema, path);
+  }
+
+ private:
+  Status visit(const json& schema, const std::string& path) {
+    if (!schema.is_object() || !state_.emplace(&schema, kOnPath).second) return Status::ok_status();
+    if (auto ref = schema.find("$ref"); ref != schema.end() && ref->is_string()) {
+      const std::string& name = ref->get_ref<const std::string&>();
+      if (const json* target = resolve_ref(root_, name)) {
+        const size_t before = chain_.size();
+        chain_ += " -> " + name;
+        if (auto seen = state_.find(target); seen != state_.end() && seen->second == kOnPath) {
+          return schema_error(child_path(path, "$ref"),
+                              "reaches itself without consuming a character (left recursion: " + chain_ + ")");
+        }
+        // The target's own place in the document: its path is the reference without the "#".
+        AS_RETURN_IF_ERROR(visit(*target, name.substr(1)));
+        chain_.resize(before);
+      }
+    }
+    if (auto any = schema.find("anyOf"); any != schema.end() && any->is_array()) {
+      for (size_t i = 0; i < any->size(); ++i)
+        AS_RETURN_IF_ERROR(visit((*any)[i], child_path(child_path(path, "anyOf"), i)));
+    }
+    state_[&schema] = kDone;
+    return Status::ok_status();
+  }
+
+  enum Mark { kOnPath, kDone };
+  const json& root_;
+  std::map<const json*, Mark> state_;
+  std::string chain_;
+};
 
 bool is_non_negative_integer(const json& v) {
   return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
@@ -91,6 +124,15 @@ class SchemaChecker {
     if (!schema.is_object()) return schema_error(path, "a schema must be an object or a boolean");
     for (const auto& [key, value] : schema.items()) {
       AS_RETURN_IF_ERROR(check_keyword(key, value, child_path(path, key), depth));
+    }
+    if (schema.contains("$ref")) {
+      for (const auto& [key, value] : schema.items()) {
+        if (key != "$ref" && key != "$defs" && key != "definitions" && !is_annotation(key)) {
+          return schema_error(child_path(path, key), "a $ref stands alone: '" + key +
+                                                         "' beside it is not supported (wrap both in a schema "
+                                                         "of their own or move it into the referenced one)");
+        }
+      }
     }
     return Status::ok_status();
   }
@@ -403,7 +445,16 @@ class InstanceValidator {
 
 Status check_schema(const nlohmann::json& schema) {
   SchemaChecker checker(schema);
-  return checker.check(schema, "", 0);
+  AS_RETURN_IF_ERROR(checker.check(schema, "", 0));
+  LeftRecursionFinder finder(schema);
+  AS_RETURN_IF_ERROR(finder.start(schema, ""));
+  for (const char* container : {"$defs", "definitions"}) {
+    if (auto defs = schema.find(container); defs != schema.end()) {
+      for (const auto& [name, def] : defs->items())
+        AS_RETURN_IF_ERROR(finder.start(def, child_path(child_path("", container), name)));
+    }
+  }
+  return Status::ok_status();
 }
 
 Status validate_json(const nlohmann::json& schema, const nlohmann::json& instance) {

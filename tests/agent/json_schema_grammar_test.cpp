@@ -146,7 +146,7 @@ TEST_CASE("unsupported keywords and bad schemas are InvalidArgument naming the k
       R"({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}, "required": ["a"]})");
   CHECK(pattern.find("pattern") != std::string::npos);
   CHECK(pattern.find("#/properties/a") != std::string::npos);
-  CHECK(error_of(R"({"type": "object", "additionalProperties": true})").find("additionalProperties") !=
+  CHECK(error_of(R"({"type": "object", "additionalProperties": 3})").find("additionalProperties") !=
         std::string::npos);
   CHECK(error_of(R"({"type": "object", "properties": {}, "required": ["ghost"]})").find("ghost") !=
         std::string::npos);
@@ -175,6 +175,81 @@ TEST_CASE("skip_unenforced_keywords compiles value bounds away but keeps the sha
   CHECK_FALSE(compile_json_schema(json::parse(R"({"oneOf": [{"type": "string"}]})"),
                                   {.skip_unenforced_keywords = true})
                   .ok());
+}
+
+TEST_CASE("a $ref to \"#\" names the root, as the tools validator reads it") {
+  const json tree = json::parse(R"({"type": "object", "properties": {"value": {"type": "integer"},
+      "children": {"type": "array", "items": {"$ref": "#"}}}, "required": ["value"], "additionalProperties": false})");
+  REQUIRE(tools::check_schema(nlohmann::json::parse(tree.dump())).ok());
+  auto g = compile(tree);
+  for (const char* doc : {R"({"value": 1, "children": [{"value": 2}, {"value": 3, "children": []}]})",
+                          R"({"value": 1, "children": [{"children": []}]})", R"({"value": 1, "children": [3]})"}) {
+    const bool valid = tools::validate_json(nlohmann::json::parse(tree.dump()), nlohmann::json::parse(doc)).ok();
+    CHECK_MESSAGE(accepts_document(g, doc) == valid, doc);
+  }
+  CHECK(accepts_document(g, R"({"value": 1, "children": [{"value": 2}, {"value": 3, "children": []}]})"));
+}
+
+TEST_CASE("left recursion is refused at compile time, naming the $ref's path and the cycle, as check_schema does") {
+  struct Case {
+    const char* schema;
+    const char* path;
+    const char* cycle;
+  };
+  const Case cases[] = {
+      {R"({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "string"}]}}, "$ref": "#/$defs/a"})",
+       "at #/$defs/a/anyOf/0", "#/$defs/a -> #/$defs/a"},
+      {R"({"anyOf": [{"type": "string"}, {"$ref": "#"}]})", "at #/anyOf/1", "# -> #"},
+      {R"({"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "$defs": {
+          "a": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/b"}]},
+          "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "integer"}]}}})",
+       "at #/$defs/b/anyOf/0", "#/$defs/a -> #/$defs/b -> #/$defs/a"},
+  };
+  for (const Case& c : cases) {
+    auto g = compile_json_schema(json::parse(c.schema));
+    REQUIRE_FALSE(g.ok());
+    const std::string message = g.status().message();
+    CHECK_MESSAGE(message.find("left recursion") != std::string::npos, message);
+    CHECK_MESSAGE(message.find(c.path) != std::string::npos, message);
+    CHECK_MESSAGE(message.find(c.cycle) != std::string::npos, message);
+    const Status checked = tools::check_schema(nlohmann::json::parse(c.schema));
+    CHECK_MESSAGE(checked.message().find("left recursion") != std::string::npos, checked.to_string());
+  }
+  // Recursion under a value (an array's items, a property) consumes a character first: accepted by both.
+  for (const json& ok : {testing::typical_tool_schemas()[8],
+                         json::parse(R"({"$defs": {"s": {"type": "string"}},
+                                         "anyOf": [{"$ref": "#/$defs/s"}, {"$ref": "#/$defs/s"}]})")}) {
+    CHECK(compile_json_schema(ok).ok());
+    CHECK(tools::check_schema(nlohmann::json::parse(ok.dump())).ok());
+  }
+}
+
+TEST_CASE("a keyword beside $ref is refused by the grammar and check_schema alike; annotations are not") {
+  const json narrowed = json::parse(R"({"$defs": {"s": {"type": "string"}}, "type": "object",
+      "properties": {"a": {"$ref": "#/$defs/s", "maxLength": 3}}, "required": ["a"], "additionalProperties": false})");
+  for (bool skip : {false, true}) {
+    auto g = compile_json_schema(narrowed, {.skip_unenforced_keywords = skip});
+    REQUIRE_FALSE(g.ok());
+    CHECK(g.status().message().find("\"maxLength\" beside $ref at #/properties/a") != std::string::npos);
+  }
+  CHECK(tools::check_schema(nlohmann::json::parse(narrowed.dump())).message().find("$ref stands alone") !=
+        std::string::npos);
+  json annotated = narrowed;
+  annotated["properties"]["a"].erase("maxLength");
+  annotated["properties"]["a"]["description"] = "a name";
+  CHECK(compile_json_schema(annotated).ok());
+  CHECK(tools::check_schema(nlohmann::json::parse(annotated.dump())).ok());
+}
+
+TEST_CASE("additionalProperties true or a schema compiles, as check_schema accepts it: only listed keys are produced") {
+  for (const char* extra : {"true", R"({"type": "integer"})"}) {
+    const std::string text = std::string(R"({"type": "object", "properties": {"a": {"type": "string"}},
+        "required": ["a"], "additionalProperties": )") + extra + "}";
+    REQUIRE(tools::check_schema(nlohmann::json::parse(text)).ok());
+    auto g = compile(json::parse(text));
+    CHECK(accepts_document(g, R"({"a": "x"})"));
+    CHECK_FALSE(accepts_document(g, R"({"a": "x", "b": 1})"));
+  }
 }
 
 TEST_CASE("a recursive $ref nests to the stack limit without crashing") {

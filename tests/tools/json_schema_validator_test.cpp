@@ -130,13 +130,62 @@ TEST_CASE("a recursive schema validates a tree and stops at the depth limit") {
 }
 
 TEST_CASE("self-referencing and exponentially branching schemas end with an error, not a hang") {
+  // check_schema refuses both (left recursion); validate_json must still end on them if called anyway.
   const json loop = {{"$defs", {{"a", {{"$ref", "#/$defs/a"}}}}}, {"$ref", "#/$defs/a"}};
-  CHECK(contains(error_of(loop, 1), "nest too deeply"));
+  CHECK(contains(validate_json(loop, 1).message(), "nest too deeply"));
   const json branching = {{"anyOf", json::array({{{"$ref", "#"}}, {{"$ref", "#"}}, {{"type", "string"}}})}};
   const auto start = std::chrono::steady_clock::now();
   Status s = validate_json(branching, 5);
   CHECK_FALSE(s.ok());
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+}
+
+TEST_CASE("check_schema refuses left recursion by path and cycle, and accepts recursion under a value") {
+  struct Case {
+    json schema;
+    const char* path;
+    const char* cycle;
+  };
+  const Case cases[] = {
+      {{{"$defs", {{"a", {{"$ref", "#/$defs/a"}}}}}, {"$ref", "#/$defs/a"}}, "schema /$defs/a/$ref:",
+       "#/$defs/a -> #/$defs/a"},
+      {{{"anyOf", json::array({{{"$ref", "#"}}, {{"$ref", "#"}}, {{"type", "string"}}})}}, "schema /anyOf/0/$ref:",
+       "#"},
+      {json::parse(R"({"$defs": {"a": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/b"}]},
+                                 "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "integer"}]}},
+                       "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}})"),
+       "schema /$defs/b/anyOf/0/$ref:", "#/$defs/a -> #/$defs/b -> #/$defs/a"},
+  };
+  for (const auto& c : cases) {
+    const std::string message = check_schema(c.schema).message();
+    CHECK_MESSAGE(contains(message, c.path), message);
+    CHECK_MESSAGE(contains(message, "left recursion"), message);
+    CHECK_MESSAGE(contains(message, c.cycle), message);
+  }
+  // A value (here an array's items or a property) consumes a character before the reference comes back.
+  CHECK(check_schema(json::parse(R"({"$defs": {"n": {"anyOf": [{"type": "string"},
+      {"type": "array", "items": {"$ref": "#/$defs/n"}},
+      {"type": "object", "properties": {"kids": {"$ref": "#/$defs/n"}}}]}}, "$ref": "#/$defs/n"})"))
+            .ok());
+  CHECK(check_schema(json::parse(R"({"type": "object", "properties": {"next": {"$ref": "#"}}})")).ok());
+  // Two references to one definition are not a cycle.
+  CHECK(check_schema(json::parse(R"({"$defs": {"s": {"type": "string"}},
+      "anyOf": [{"$ref": "#/$defs/s"}, {"$ref": "#/$defs/s"}]})"))
+            .ok());
+}
+
+TEST_CASE("a $ref stands alone: a constraining keyword beside it is refused, annotations are not") {
+  const json defs = {{"s", {{"type", "string"}}}};
+  const std::string message =
+      check_schema({{"$defs", defs}, {"type", "object"},
+                    {"properties", {{"a", {{"$ref", "#/$defs/s"}, {"maxLength", 3}}}}}})
+          .message();
+  CHECK_MESSAGE(contains(message, "schema /properties/a/maxLength: a $ref stands alone"), message);
+  CHECK(check_schema({{"$defs", defs},
+                      {"type", "object"},
+                      {"properties", {{"a", {{"$ref", "#/$defs/s"}, {"description", "d"}, {"title", "t"}}}}}})
+            .ok());
+  CHECK(check_schema({{"$defs", defs}, {"$ref", "#/$defs/s"}}).ok());  // the root's $defs beside its $ref
 }
 
 TEST_CASE("a long string is refused by a pattern rather than risking the stack") {
