@@ -28,17 +28,28 @@ ProtocolError session_not_found(const std::string& id) {
 }
 
 // The session's tools and tool_choice, checked against the server's registry (a server tool must be a
-// registered one; a named choice must be declared).
+// registered one; a named choice must be declared). A forced choice (required / named) is compiled into
+// its decoding constraint here (the server caches it for the responses): a schema the grammar cannot
+// constrain is refused now, with the grammar's reason, not when a response starts.
 std::optional<ProtocolError> check_session_tools(const ServerContext& context, const SessionConfig& config,
                                                  const std::string& prefix) {
   auto tools = session_tools(context, config);
   if (!tools.ok()) return invalid("invalid_tools", tools.status().message(), prefix + ".tools");
   auto choice = session_tool_choice(config, *tools);
   if (!choice.ok()) return invalid("invalid_tool_choice", choice.status().message(), prefix + ".tool_choice");
-  if ((choice->mode == agent::ToolChoiceMode::kRequired || choice->mode == agent::ToolChoiceMode::kNamed) &&
-      !context.tool_call_constraint)
+  if (choice->mode != agent::ToolChoiceMode::kRequired && choice->mode != agent::ToolChoiceMode::kNamed)
+    return std::nullopt;
+  if (!context.tool_call_constraint)
     return invalid("invalid_tool_choice", "this server has no constrained decoding for tool_choice",
                    prefix + ".tool_choice");
+  std::vector<const tools::ToolSpec*> allowed;
+  for (const tools::ToolSpec& spec : *tools)
+    if (choice->mode == agent::ToolChoiceMode::kRequired || spec.name == choice->name) allowed.push_back(&spec);
+  if (auto compiled = context.tool_call_constraint(allowed); !compiled.ok())
+    return invalid("invalid_tools",
+                   "tool_choice forces a call, but its parameters cannot be constrained: " +
+                       compiled.status().message(),
+                   prefix + ".tools");
   return std::nullopt;
 }
 

@@ -217,6 +217,17 @@ TEST_CASE("a narrowed schema cannot widen a server tool: arguments still pass th
     bad["parameters"] = "key";
     client.send(json{{"type", "session.create"}, {"session", {{"tools", json::array({bad})}}}});
     CHECK(client.read_until("error")["error"]["code"] == "invalid_tools");
+    // A valid schema the decoding grammar cannot follow (an array without items) is fine while the model may
+    // answer in text, and refused, with the grammar's reason, once tool_choice forces a call of it.
+    json loose = weather_tool();
+    loose["parameters"] = {{"type", "object"}, {"properties", {{"cities", {{"type", "array"}}}}}};
+    create_agent_session(client, "loose-agent", json::array({loose}), "auto", 1);
+    client.send(json{{"type", "session.create"},
+                     {"session", {{"tools", json::array({loose})}, {"tool_choice", "required"}}}});
+    const json refused = client.read_until("error");
+    CHECK(refused["error"]["code"] == "invalid_tools");
+    CHECK_MESSAGE(refused["error"]["message"].get<std::string>().find("cannot be constrained") != std::string::npos,
+                  refused.dump());
   }
   CHECK(server.stop() == 0);
 }
