@@ -215,6 +215,9 @@ Result<std::shared_ptr<Session>> SessionRegistry::stored_for_erase(const Tenant&
   if (!metadata.ok()) return metadata.status().code() == StatusCode::kNotFound ? not_found : metadata.status();
   if (stored_tenant(*metadata) != tenant.name) return not_found;
   auto stand_in = std::make_shared<Session>(std::string(id), tenant);
+  // Its token ids, so that the on_erased hook drops its KV too; a transcript that cannot be read does not
+  // stop the delete (its blocks then age out of the caches instead).
+  if (auto record = store_->load_session(id); record.ok()) stand_in->tokens = std::move(record->tokens);
   std::lock_guard lock(mutex_);
   // A lookup may have loaded the whole session meanwhile: delete that one.
   return sessions_.emplace(stand_in->id, stand_in).first->second;

@@ -175,8 +175,8 @@ class SessionRegistry {
   // Drops `session` from the table (if it is still the one under its id) and from its tenant's count.
   // Caller holds mutex_.
   void forget(const Session& session);
-  // A stand-in for a session only in the store, made from its metadata for erase(); NotFound when absent or
-  // another tenant's.
+  // A stand-in for a session only in the store, made from its metadata (and its token ids, when readable)
+  // for erase(); NotFound when absent or another tenant's.
   Result<std::shared_ptr<Session>> stored_for_erase(const Tenant& tenant, std::string_view id);
   std::string metadata_json(const Session& session) const;
   Result<std::shared_ptr<Session>> load(const Tenant& tenant, std::string_view id);

@@ -253,13 +253,18 @@ TEST_CASE("a stored session that today's limits refuse to load can still be dele
   const Tenant tenant = auth.tenant("default");
   // Stored by a server whose limits allowed a larger max_tokens than this one's.
   json config = {{"sampling", {{"max_tokens", 1 << 30}}}};
-  REQUIRE(db.store->put_metadata("s_old", json{{"tenant", "default"}, {"config", config}}.dump()).ok());
+  const std::string metadata = json{{"tenant", "default"}, {"config", config}}.dump();
+  const std::vector<int32_t> tokens{5, 6, 7};
+  REQUIRE(db.store->commit_turn("s_old", 0, "{}", tokens, metadata).ok());
   SessionRegistry registry(options(), db.store.get(), auth);
+  std::vector<int32_t> erased_tokens;
+  registry.on_erased([&](const std::shared_ptr<Session>& session) { erased_tokens = session->tokens; });
   auto loaded = registry.get(tenant, "s_old");
   REQUIRE_FALSE(loaded.ok());
   CHECK(loaded.status().code() == StatusCode::kCorruption);
   CHECK(registry.erase(auth.tenant("other"), "s_old").code() == StatusCode::kNotFound);
   REQUIRE(registry.erase(tenant, "s_old").ok());
+  CHECK(erased_tokens == tokens);  // the hook can drop its KV
   CHECK(db.store->load_metadata("s_old").status().code() == StatusCode::kNotFound);
   CHECK(registry.erase(tenant, "s_old").code() == StatusCode::kNotFound);
 }
