@@ -252,6 +252,29 @@ void HttpConnection::submit_completion(ChatCompletionRequest& chat, const Tenant
   request.prompt = std::move(chat.prompt);
   request.sampling = std::move(chat.sampling);
   request.cache_salt = tenant.cache_salt;
+  if (!chat.forced_tools.empty()) {
+    // tool_choice required / named: one call of those tools, its arguments following their schemas.
+    std::optional<OpenAiError> refused;
+    if (!context_.tool_call_constraint) {
+      refused = OpenAiError{400, "invalid_request_error", "unsupported_value",
+                            "this server has no constrained decoding for tool_choice", "tool_choice"};
+    } else {
+      std::vector<const tools::ToolSpec*> allowed;
+      for (const tools::ToolSpec& spec : chat.forced_tools) allowed.push_back(&spec);
+      auto constraint = context_.tool_call_constraint(allowed);
+      if (constraint.ok())
+        request.constraint = std::move(*constraint);
+      else
+        refused = OpenAiError{400, "invalid_request_error", "invalid_value",
+                              "tool_choice forces a call, but its parameters cannot be constrained: " +
+                                  constraint.status().message(),
+                              "tools"};
+    }
+    if (refused) {
+      if (context_.auth != nullptr) context_.auth->end_response(tenant, 0);
+      return reply_error(*refused);
+    }
+  }
   // The engine thread only stamps the time and hops to this connection's strand.
   request.on_event = [self = shared_from_this(),
                       executor = stream_.get_executor()](const engine::GenerationEvent& ev) {

@@ -102,10 +102,25 @@ std::optional<OpenAiError> read_sampling(const Json& body, const ChatApiContext&
   return std::nullopt;
 }
 
-// The tools rendered into the prompt: null for none. tool_choice none leaves them out of the prompt, so the
-// model does not call them; required and named choices need constrained decoding, which is not built yet.
-std::variant<Json, OpenAiError> read_tools(const Json& body) {
-  Json tools = nullptr;
+// The tool a declaration describes, for constrained decoding: a missing `parameters` means no arguments.
+tools::ToolSpec tool_spec(const Json& function) {
+  tools::ToolSpec spec;
+  spec.name = function["name"].get<std::string>();
+  if (auto it = function.find("description"); it != function.end() && it->is_string())
+    spec.description = it->get<std::string>();
+  if (auto it = function.find("parameters"); it != function.end() && it->is_object())
+    spec.parameters = json::parse(it->dump());
+  else
+    spec.parameters = {{"type", "object"}, {"properties", json::object()}};
+  return spec;
+}
+
+// The tools rendered into the prompt (`rendered`, null for none) and, for tool_choice required or named,
+// the tools the first call is constrained to (`forced`). tool_choice none leaves them out of the prompt, so
+// the model does not call them.
+std::optional<OpenAiError> read_tools(const Json& body, Json& rendered,
+                                      std::vector<tools::ToolSpec>& forced) {
+  rendered = nullptr;
   if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
     if (!it->is_array()) return bad_request("invalid_type", "'tools' must be an array", "tools");
     for (size_t i = 0; i < it->size(); ++i) {
@@ -118,19 +133,37 @@ std::variant<Json, OpenAiError> read_tools(const Json& body) {
       if (fn == tool.end() || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
         return bad_request("missing_field", "a tool needs function.name", param + ".function.name");
     }
-    if (!it->empty()) tools = *it;
+    if (!it->empty()) rendered = *it;
   }
-  if (auto it = body.find("tool_choice"); it != body.end() && !it->is_null()) {
-    if (it->is_string() && *it == "none") return Json(nullptr);
-    if (it->is_string() && *it == "auto") return tools;
-    if ((it->is_string() && *it == "required") || it->is_object())
-      return OpenAiError{400, "invalid_request_error", "unsupported_value",
-                         "tool_choice 'required' and named tools are not supported yet; use 'auto' or 'none'",
-                         "tool_choice"};
+  const auto choice = body.find("tool_choice");
+  if (choice == body.end() || choice->is_null() || (choice->is_string() && *choice == "auto"))
+    return std::nullopt;
+  if (choice->is_string() && *choice == "none") {
+    rendered = nullptr;
+    return std::nullopt;
+  }
+  std::string named;
+  if (choice->is_object()) {
+    const auto fn = choice->find("function");
+    if (choice->value("type", "") != "function" || fn == choice->end() || !fn->is_object() ||
+        !fn->contains("name") || !(*fn)["name"].is_string())
+      return bad_request("invalid_value",
+                         "a named tool_choice is {\"type\":\"function\",\"function\":{\"name\":...}}",
+                         "tool_choice");
+    named = (*fn)["name"].get<std::string>();
+  } else if (!choice->is_string() || *choice != "required") {
     return bad_request("invalid_value", "tool_choice must be 'none', 'auto', 'required' or an object",
                        "tool_choice");
   }
-  return tools;
+  if (rendered.is_null())
+    return bad_request("invalid_value", "tool_choice forces a tool call, but there are no tools",
+                       "tool_choice");
+  for (const Json& tool : rendered)
+    if (named.empty() || tool["function"]["name"] == named) forced.push_back(tool_spec(tool["function"]));
+  if (forced.empty())
+    return bad_request("invalid_value", "tool_choice names '" + named + "', which is not in 'tools'",
+                       "tool_choice");
+  return std::nullopt;
 }
 
 }  // namespace
@@ -172,8 +205,8 @@ std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::stri
   ChatCompletionRequest out;
   if (auto e = read_flags(body, out)) return *e;
   if (auto e = read_sampling(body, context, out.sampling)) return *e;
-  auto tools = read_tools(body);
-  if (auto* e = std::get_if<OpenAiError>(&tools)) return *e;
+  Json tools;
+  if (auto e = read_tools(body, tools, out.forced_tools)) return *e;
   const auto messages_it = body.find("messages");
   if (messages_it == body.end() || !messages_it->is_array() || messages_it->empty())
     return bad_request("missing_field", "'messages' must be a non-empty array", "messages");
@@ -181,7 +214,7 @@ std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::stri
   if (!messages.ok()) return bad_request("invalid_value", messages.status().message(), "messages");
   agent::ChatTemplateOptions template_options;
   template_options.enable_thinking = out.enable_thinking;
-  auto rendered = agent::render_chat_with_literals(*messages, std::get<Json>(tools), template_options);
+  auto rendered = agent::render_chat_with_literals(*messages, tools, template_options);
   if (!rendered.ok()) return bad_request("invalid_value", rendered.status().message(), "messages");
   // Client text is literal: a "<|im_start|>" typed in a message or schema stays text (agent/prompt_tokens).
   out.prompt = agent::encode_prompt(*context.tokenizer, *rendered);

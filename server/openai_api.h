@@ -23,6 +23,7 @@
 #include "engine/sampling_params.h"
 #include "engine/tokenizer.h"
 #include "server/server_options.h"
+#include "tools/tool_registry.h"
 
 namespace agentserve::server {
 
@@ -48,6 +49,9 @@ struct ChatCompletionRequest {
   bool stream = false;
   bool include_usage = false;   // stream_options.include_usage: a last chunk with usage
   bool enable_thinking = true;  // chat_template_kwargs.enable_thinking (vLLM's extension)
+  // tool_choice required (every tool) or named (that one): decoding is constrained to one call of these
+  // (HttpConnection compiles them through the server's constraint cache). Empty otherwise.
+  std::vector<tools::ToolSpec> forced_tools;
   // What moderation checks before generation starts (when configured): the user messages and the tool
   // outputs after the last assistant message, i.e. what is new in this request; each joined by "\n".
   std::string new_user_text;
@@ -62,7 +66,8 @@ struct ChatApiContext {
 };
 
 // Parses and validates a request body, renders its messages and tools with Qwen3's chat template and
-// tokenizes the prompt. Accepted: model, messages, tools, tool_choice (none | auto), temperature, top_p,
+// tokenizes the prompt. Accepted: model, messages, tools, tool_choice (none | auto | required | named),
+// temperature, top_p,
 // max_tokens, max_completion_tokens, seed, stop, n (1), stream, stream_options, presence_penalty,
 // frequency_penalty, user, parallel_tool_calls, and vLLM's top_k, min_p, repetition_penalty and
 // chat_template_kwargs.enable_thinking. Anything else is a 400 naming the parameter.

@@ -210,8 +210,23 @@ TEST_CASE("tools are rendered into the prompt and tool_choice none leaves them o
       json::parse(post("/v1/chat/completions", stock_request(1, false)).body)["usage"]["prompt_tokens"];
   CHECK(json::parse(with_tools.body)["usage"]["prompt_tokens"].get<int>() > plain + 20);
   CHECK(json::parse(without.body)["usage"]["prompt_tokens"].get<int>() == plain);
-  request["tool_choice"] = "required";
-  check_error_shape(post("/v1/chat/completions", request), 400, "tool_choice");
+  // A forced choice: the answer is one call of the tool, its arguments following the schema.
+  request["tool_choice"] = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  request["max_tokens"] = 96;
+  const HttpReply forced = post("/v1/chat/completions", request);
+  REQUIRE_MESSAGE(forced.status == 200, forced.body);
+  const json choice = json::parse(forced.body)["choices"][0];
+  CHECK(choice["finish_reason"] == "tool_calls");
+  REQUIRE(choice["message"]["tool_calls"].size() == 1);
+  const json call = choice["message"]["tool_calls"][0];
+  CHECK(call["function"]["name"] == "get_weather");
+  const json arguments = json::parse(call["function"]["arguments"].get<std::string>());
+  CHECK(arguments.is_object());
+  if (arguments.contains("city")) CHECK(arguments["city"].is_string());
+  // A schema the decoding grammar cannot follow (an array without items) is refused with its reason.
+  request["tools"][0]["function"]["parameters"] =
+      json::parse(R"({"type": "object", "properties": {"cities": {"type": "array"}}})");
+  check_error_shape(post("/v1/chat/completions", request), 400, "tools");
 }
 
 TEST_CASE("special-token text in a user message is tokenized as plain text, not as a turn boundary") {

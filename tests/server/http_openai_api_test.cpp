@@ -107,6 +107,33 @@ TEST_CASE("enable_thinking false appends the empty think block; tool_choice none
   CHECK(none.prompt == base);
 }
 
+TEST_CASE("tool_choice required forces every tool, a named choice its tool; both need the tools declared") {
+  const json tools = json::parse(R"([
+    {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "g", "description": "no parameters given"}}])");
+  const auto required = std::get<ChatCompletionRequest>(
+      parse({{"messages", {user("Hi")}}, {"tools", tools}, {"tool_choice", "required"}}));
+  REQUIRE(required.forced_tools.size() == 2);
+  CHECK(required.forced_tools[1].name == "g");
+  CHECK(required.forced_tools[1].parameters["type"] == "object");  // no arguments
+  const auto named = std::get<ChatCompletionRequest>(
+      parse({{"messages", {user("Hi")}},
+             {"tools", tools},
+             {"tool_choice", {{"type", "function"}, {"function", {{"name", "f"}}}}}}));
+  REQUIRE(named.forced_tools.size() == 1);
+  CHECK(named.forced_tools[0].name == "f");
+  CHECK(std::get<ChatCompletionRequest>(parse({{"messages", {user("Hi")}}, {"tools", tools}}))
+            .forced_tools.empty());
+  const auto error_of = [](const json& body) { return std::get<OpenAiError>(parse(body)); };
+  CHECK(error_of({{"messages", {user("Hi")}}, {"tool_choice", "required"}}).param == "tool_choice");
+  const OpenAiError unknown =
+      error_of({{"messages", {user("Hi")}},
+                {"tools", tools},
+                {"tool_choice", {{"type", "function"}, {"function", {{"name", "h"}}}}}});
+  CHECK(unknown.param == "tool_choice");
+  CHECK(unknown.message.find("'h'") != std::string::npos);
+}
+
 TEST_CASE("rejected requests name their parameter and status") {
   const auto error_of = [](const json& body) {
     const auto parsed = parse(body);
