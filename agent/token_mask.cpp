@@ -597,11 +597,12 @@ void MaskBuilder::walk(const Grammar& grammar, const Trie& trie, uint32_t node, 
     const VocabularyIndex::Node& child = trie.nodes[c];
     MatchState& next = levels_[depth + 1];
     // The walk's work is the frames it steps: one step per trie node, each over every stack of the level.
-    walk_frames_ += levels_[depth].frames.size();
-    if (walk_exhausted_ || walk_frames_ > kMaxMaskWalkFrames) {
+    const size_t frames = levels_[depth].frames.size();
+    if (walk_exhausted_ || walk_frames_ + frames > kMaxMaskWalkFrames) {
       walk_exhausted_ = true;
       return;
     }
+    walk_frames_ += frames;
     GrammarMatcher::step(grammar, levels_[depth], child.byte, next);
     if (next.exhausted) {
       walk_exhausted_ = true;

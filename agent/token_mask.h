@@ -36,9 +36,12 @@ namespace agentserve::agent {
 // frames while forking into anyOf options, than these is refused as exhausted; a mask whose trie walk
 // steps more frames in all (one stack's frames count once per trie node it is stepped at) fails. A deep
 // tree value steps about 50,000 frames a mask, the plain walk of the whole trie a few million; the cap is
-// tens of milliseconds of one core (docs/benchmarks.md has the measured work).
-inline constexpr size_t kMaxLiveStacks = 256;
-inline constexpr size_t kMaxForkFramesPerByte = 4096;
+// tens of milliseconds of one core (docs/benchmarks.md has the measured work). The stack and fork caps
+// bound memory and one byte's step; they sit well above what a wide schema needs legitimately (a key of an
+// object with many optional properties, or the tool name of a call among many tools, forks once per
+// option), so only the walk cap stops an ambiguous schema in practice.
+inline constexpr size_t kMaxLiveStacks = 4096;
+inline constexpr size_t kMaxForkFramesPerByte = size_t{1} << 16;
 inline constexpr size_t kMaxMaskWalkFrames = size_t{1} << 23;
 
 // One level of a parse stack: which node, and where in it (meaning per node kind, token_mask.cpp).

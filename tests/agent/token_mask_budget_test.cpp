@@ -137,6 +137,31 @@ TEST_CASE("object branches that share keys over recursion end in ResourceExhaust
   CHECK(allowed(mask, im_end()));
 }
 
+TEST_CASE("wide schemas are not ambiguous: 1,000 optional properties, or 1,000 tools, are constrained exactly") {
+  // Every optional property (or tool name) is an option when a key (or the name) starts: the stacks fork
+  // that wide for a byte or two, then all but one die.
+  json properties = json::object();
+  for (int i = 0; i < 1000; ++i) properties["p" + std::to_string(i)] = {{"type", "string"}};
+  const json wide = {{"type", "object"}, {"properties", properties}};
+  std::vector<uint32_t> mask(qwen3_index()->mask_words());
+  const auto feed = [&](const std::shared_ptr<engine::TokenConstraint>& constraint, const std::string& text) {
+    for (int32_t id : qwen3_tokenizer().encode(text)) {
+      constraint->fill_allowed(mask);
+      REQUIRE_MESSAGE(allowed(mask, id), qwen3_tokenizer().id_to_token(id));
+      REQUIRE(constraint->accept(id).ok());
+    }
+    constraint->fill_allowed(mask);
+    CHECK(allowed(mask, im_end()));
+  };
+  feed(compile(wide)->start(), R"({"p7": "y", "p999": "x"})");
+
+  std::vector<ToolSchema> tools;
+  for (int i = 0; i < 1000; ++i) tools.push_back({"tool_" + std::to_string(i), wide});
+  auto calls = CompiledConstraint::for_tool_calls(qwen3_index(), tools, {}, {im_end()});
+  REQUIRE_MESSAGE(calls.ok(), calls.status().to_string());
+  feed((*calls)->start(), "<tool_call>\n{\"name\": \"tool_998\", \"arguments\": {\"p3\": \"z\"}}\n</tool_call>");
+}
+
 TEST_CASE("the engine ends a request whose constraint went over the budget with that error") {
   auto compiled = compile(testing::three_way_schema());
   auto constraint = compiled->start();
