@@ -11,16 +11,9 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-// What a schema may say besides the keywords each type handles; these change nothing in the grammar.
-const std::set<std::string>& annotation_keywords() {
-  static const std::set<std::string> keys = {"description", "title",   "default", "examples",
-                                             "strict",      "$schema", "$id",     "$comment"};
-  return keys;
-}
-
 const std::set<std::string>& unenforced_keywords() {
   static const std::set<std::string> keys = {"minLength",        "minimum", "maximum",    "exclusiveMinimum",
-                                             "exclusiveMaximum", "pattern", "multipleOf", "format"};
+                                             "exclusiveMaximum", "pattern", "multipleOf"};
   return keys;
 }
 
@@ -49,7 +42,7 @@ class SchemaCompiler {
       // The tools validator's rule too (tools::check_schema): a reference is the whole schema at its place.
       for (auto key = schema.begin(); key != schema.end(); ++key) {
         if (key.key() != "$ref" && key.key() != "$defs" && key.key() != "definitions" &&
-            !annotation_keywords().count(key.key())) {
+            !tools::is_schema_annotation(key.key())) {
           return Status::invalid_argument("unsupported keyword \"" + key.key() + "\" beside $ref at " + path +
                                           " (a $ref stands alone)");
         }
@@ -230,7 +223,7 @@ class SchemaCompiler {
   Status check_keys(const json& schema, const std::string& path, const std::set<std::string>& allowed,
                     bool allow_defs = false) const {
     for (auto it = schema.begin(); it != schema.end(); ++it) {
-      if (allowed.count(it.key()) || annotation_keywords().count(it.key())) continue;
+      if (allowed.count(it.key()) || tools::is_schema_annotation(it.key())) continue;
       if (options_.skip_unenforced_keywords && unenforced_keywords().count(it.key())) continue;
       if (allow_defs && (it.key() == "$defs" || it.key() == "definitions")) continue;
       return Status::invalid_argument("unsupported keyword \"" + it.key() + "\" at " + path);

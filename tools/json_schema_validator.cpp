@@ -7,6 +7,12 @@
 #include <string_view>
 
 namespace agentserve::tools {
+
+bool is_schema_annotation(std::string_view k) {
+  return k == "description" || k == "title" || k == "default" || k == "examples" || k == "format" ||
+         k == "$schema" || k == "$id" || k == "$comment" || k == "strict";
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -51,11 +57,6 @@ Status instance_error(const std::string& path, std::string_view what) {
 bool is_known_type(std::string_view t) {
   return t == "object" || t == "array" || t == "string" || t == "number" || t == "integer" ||
          t == "boolean" || t == "null";
-}
-
-bool is_annotation(std::string_view k) {
-  return k == "description" || k == "title" || k == "default" || k == "examples" || k == "format" ||
-         k == "$schema" || k == "$id" || k == "$comment" || k == "strict";
 }
 
 const json* resolve_ref(const json& root, std::string_view ref) {
@@ -127,7 +128,7 @@ class SchemaChecker {
     }
     if (schema.contains("$ref")) {
       for (const auto& [key, value] : schema.items()) {
-        if (key != "$ref" && key != "$defs" && key != "definitions" && !is_annotation(key)) {
+        if (key != "$ref" && key != "$defs" && key != "definitions" && !is_schema_annotation(key)) {
           return schema_error(child_path(path, key), "a $ref stands alone: '" + key +
                                                          "' beside it is not supported (wrap both in a schema "
                                                          "of their own or move it into the referenced one)");
@@ -146,7 +147,7 @@ class SchemaChecker {
   }
 
   Status check_keyword(const std::string& key, const json& value, const std::string& path, int depth) {
-    if (is_annotation(key)) return Status::ok_status();
+    if (is_schema_annotation(key)) return Status::ok_status();
     if (key == "type") {
       if (value.is_string()) {
         if (!is_known_type(value.get_ref<const std::string&>()))

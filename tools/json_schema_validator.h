@@ -27,6 +27,10 @@ inline constexpr int kMaxRefExpansions = 64;      // $ref hops on one path (recu
 // Work budget of one validation: anyOf over recursive references can branch exponentially.
 inline constexpr size_t kMaxValidationSteps = 1000000;
 
+// Keywords that describe and never constrain (description, title, default, examples, format, $schema, $id,
+// $comment, strict): the validator and the decoding grammar both ignore them.
+bool is_schema_annotation(std::string_view key);
+
 // The one $ref rule, shared with the grammar that constrains decoding (agent/json_schema_grammar.h) so a
 // schema one accepts the other can read: "#" (the root) or "#/$defs/<name>" / "#/definitions/<name>" of the
 // root; nothing remote, no other pointer. A $ref's siblings may only be annotations (and $defs/definitions):

@@ -237,6 +237,7 @@ TEST_CASE("a keyword beside $ref is refused by the grammar and check_schema alik
   json annotated = narrowed;
   annotated["properties"]["a"].erase("maxLength");
   annotated["properties"]["a"]["description"] = "a name";
+  annotated["properties"]["a"]["format"] = "hostname";  // an annotation to both, not a constraint
   CHECK(compile_json_schema(annotated).ok());
   CHECK(tools::check_schema(nlohmann::json::parse(annotated.dump())).ok());
 }
