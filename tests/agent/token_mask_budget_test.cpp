@@ -141,7 +141,7 @@ TEST_CASE("wide schemas are not ambiguous: 1,000 optional properties, or 1,000 t
   // Every optional property (or tool name) is an option when a key (or the name) starts: the stacks fork
   // that wide for a byte or two, then all but one die.
   json properties = json::object();
-  for (int i = 0; i < 1000; ++i) properties["p" + std::to_string(i)] = {{"type", "string"}};
+  for (int i = 0; i < 1000; ++i) properties[std::string("p").append(std::to_string(i))] = {{"type", "string"}};
   const json wide = {{"type", "object"}, {"properties", properties}};
   std::vector<uint32_t> mask(qwen3_index()->mask_words());
   const auto feed = [&](const std::shared_ptr<engine::TokenConstraint>& constraint, const std::string& text) {
