@@ -198,6 +198,19 @@ void HttpConnection::start_completion(const Request& req, const Tenant& tenant) 
   auto parsed = parse_chat_completion(req.body(), api);
   if (auto* error = std::get_if<OpenAiError>(&parsed)) return reply_error(*error);
   ChatCompletionRequest& chat = std::get<ChatCompletionRequest>(parsed);
+  if (!chat.forced_tools.empty()) {
+    // Compiled before admission: a schema the grammar cannot follow costs no slot and no moderation call.
+    std::vector<const tools::ToolSpec*> allowed;
+    for (const tools::ToolSpec& spec : chat.forced_tools) allowed.push_back(&spec);
+    auto constraint = forced_call_constraint(context_, allowed);
+    if (!constraint.ok()) {
+      const bool unsupported = constraint.status().code() == StatusCode::kFailedPrecondition;
+      return reply_error(OpenAiError{400, "invalid_request_error",
+                                     unsupported ? "unsupported_value" : "invalid_value",
+                                     constraint.status().message(), unsupported ? "tool_choice" : "tools"});
+    }
+    chat.constraint = std::move(*constraint);
+  }
   if (context_.auth != nullptr) {
     switch (context_.auth->try_start_response(tenant)) {
       case Auth::Admission::kAdmitted:
@@ -252,29 +265,7 @@ void HttpConnection::submit_completion(ChatCompletionRequest& chat, const Tenant
   request.prompt = std::move(chat.prompt);
   request.sampling = std::move(chat.sampling);
   request.cache_salt = tenant.cache_salt;
-  if (!chat.forced_tools.empty()) {
-    // tool_choice required / named: one call of those tools, its arguments following their schemas.
-    std::optional<OpenAiError> refused;
-    if (!context_.tool_call_constraint) {
-      refused = OpenAiError{400, "invalid_request_error", "unsupported_value",
-                            "this server has no constrained decoding for tool_choice", "tool_choice"};
-    } else {
-      std::vector<const tools::ToolSpec*> allowed;
-      for (const tools::ToolSpec& spec : chat.forced_tools) allowed.push_back(&spec);
-      auto constraint = context_.tool_call_constraint(allowed);
-      if (constraint.ok())
-        request.constraint = std::move(*constraint);
-      else
-        refused = OpenAiError{400, "invalid_request_error", "invalid_value",
-                              "tool_choice forces a call, but its parameters cannot be constrained: " +
-                                  constraint.status().message(),
-                              "tools"};
-    }
-    if (refused) {
-      if (context_.auth != nullptr) context_.auth->end_response(tenant, 0);
-      return reply_error(*refused);
-    }
-  }
+  request.constraint = std::move(chat.constraint);
   // The engine thread only stamps the time and hops to this connection's strand.
   request.on_event = [self = shared_from_this(),
                       executor = stream_.get_executor()](const engine::GenerationEvent& ev) {

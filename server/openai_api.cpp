@@ -108,7 +108,7 @@ tools::ToolSpec tool_spec(const Json& function) {
   spec.name = function["name"].get<std::string>();
   if (auto it = function.find("description"); it != function.end() && it->is_string())
     spec.description = it->get<std::string>();
-  if (auto it = function.find("parameters"); it != function.end() && it->is_object())
+  if (auto it = function.find("parameters"); it != function.end() && !it->is_null())
     spec.parameters = json::parse(it->dump());
   else
     spec.parameters = {{"type", "object"}, {"properties", json::object()}};
@@ -132,6 +132,9 @@ std::optional<OpenAiError> read_tools(const Json& body, Json& rendered,
       const auto fn = tool.find("function");
       if (fn == tool.end() || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
         return bad_request("missing_field", "a tool needs function.name", param + ".function.name");
+      if (auto p = fn->find("parameters"); p != fn->end() && !p->is_null() && !p->is_object())
+        return bad_request("invalid_type", "function.parameters must be a JSON Schema object",
+                           param + ".function.parameters");
     }
     if (!it->empty()) rendered = *it;
   }
@@ -190,6 +193,11 @@ OpenAiError openai_error_from_status(const Status& status, std::string code) {
 
 std::variant<ChatCompletionRequest, OpenAiError> parse_chat_completion(std::string_view body_text,
                                                                        const ChatApiContext& context) {
+  // Checked before parsing, as for WebSocket events: schemas and messages are walked recursively later.
+  if (json_nesting_exceeds(body_text, context.options->max_json_depth))
+    return bad_request(
+        "json_too_deep",
+        "the body nests deeper than " + std::to_string(context.options->max_json_depth) + " levels", "");
   Json body = Json::parse(body_text, nullptr, false);
   if (body.is_discarded()) return bad_request("invalid_json", "the body is not valid JSON", "");
   if (!body.is_object()) return bad_request("invalid_type", "the body must be a JSON object", "");

@@ -52,6 +52,7 @@ struct ChatCompletionRequest {
   // tool_choice required (every tool) or named (that one): decoding is constrained to one call of these
   // (HttpConnection compiles them through the server's constraint cache). Empty otherwise.
   std::vector<tools::ToolSpec> forced_tools;
+  std::shared_ptr<engine::TokenConstraint> constraint;  // theirs, set by HttpConnection before admission
   // What moderation checks before generation starts (when configured): the user messages and the tool
   // outputs after the last assistant message, i.e. what is new in this request; each joined by "\n".
   std::string new_user_text;

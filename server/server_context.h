@@ -66,4 +66,18 @@ struct ServerContext {
   size_t live_connections();
 };
 
+// The decoding constraint of a forced tool_choice (one call of `allowed`), for a WebSocket session and a
+// chat completion alike: FailedPrecondition when this server has no constrained decoding, InvalidArgument
+// with the grammar's reason when a schema cannot be followed.
+inline Result<std::shared_ptr<engine::TokenConstraint>> forced_call_constraint(
+    const ServerContext& context, std::span<const tools::ToolSpec* const> allowed) {
+  if (!context.tool_call_constraint)
+    return Status::failed_precondition("this server has no constrained decoding for tool_choice");
+  auto constraint = context.tool_call_constraint(allowed);
+  if (!constraint.ok())
+    return Status::invalid_argument("tool_choice forces a call, but its parameters cannot be constrained: " +
+                                    constraint.status().message());
+  return constraint;
+}
+
 }  // namespace agentserve::server

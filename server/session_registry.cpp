@@ -177,6 +177,11 @@ void SessionRegistry::on_erased(ErasedHook hook) {
 }
 
 Status SessionRegistry::erase(const Tenant& tenant, std::string_view id) {
+  return erase_if_idle(tenant, id, std::nullopt);
+}
+
+Status SessionRegistry::erase_if_idle(const Tenant& tenant, std::string_view id,
+                                      std::optional<int64_t> idle_before) {
   const Status not_found = Status::not_found("no session '" + std::string(id) + "'");
   std::lock_guard erasing(erase_mutex_);
   std::shared_ptr<Session> session;
@@ -194,6 +199,9 @@ Status SessionRegistry::erase(const Tenant& tenant, std::string_view id) {
   {
     std::lock_guard lock(session->mutex);
     if (session->deleted) return not_found;
+    // The sweep judged it idle without this lock held: a response or update since then keeps it.
+    if (idle_before && (session->running || session->updated_at >= *idle_before))
+      return Status::failed_precondition("session '" + session->id + "' is in use again");
     session->deleted = true;
     emit(*session, session_deleted_event(session->id));
     session->sink.reset();
@@ -234,7 +242,7 @@ void SessionRegistry::emit(Session& session, json event) {
   event["event_id"] = make_id("evt_");
   event["seq"] = ++session.seq;
   event["session_id"] = session.id;
-  const std::string type = event.value("type", "");
+  const std::string& type = event["type"].get_ref<const std::string&>();
   if (type == "response.done" && !session.cancel_reason.empty()) {
     if (event["response"].value("status", "") == "cancelled")
       event["response"]["status_details"] = {{"type", "cancelled"}, {"reason", session.cancel_reason}};
@@ -382,9 +390,10 @@ size_t SessionRegistry::sweep_expired(int64_t now) {
   }
   size_t deleted = 0;
   for (const auto& [tenant, id] : expired) {
-    Status erased = erase(auth_.tenant(tenant), id);
+    Status erased = erase_if_idle(auth_.tenant(tenant), id, now - ttl);
     if (erased.ok()) ++deleted;
-    else spdlog::warn("session TTL sweep: {}: {}", id, erased.to_string());
+    else if (erased.code() != StatusCode::kFailedPrecondition)
+      spdlog::warn("session TTL sweep: {}: {}", id, erased.to_string());
   }
   if (deleted > 0) spdlog::info("session TTL sweep deleted {} sessions", deleted);
   return deleted;

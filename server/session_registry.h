@@ -129,11 +129,13 @@ class SessionRegistry {
   Result<std::shared_ptr<Session>> get(const Tenant& tenant, std::string_view id);
   // Removes the session from memory and the store, emits session.deleted (its last event) to its
   // connection, then hands the session, marked deleted, to the on_erased hook. A session only in the store
-  // is deleted from its metadata alone (its transcript is not read, so one stored under other limits can
-  // still be deleted). NotFound as for get(), and for a session already deleted.
+  // is deleted without being loaded (its metadata says whose it is; its token ids are read if they can be),
+  // so one stored under other limits can still be deleted. NotFound as for get(), and for a session already
+  // deleted.
   Status erase(const Tenant& tenant, std::string_view id);
   // What the server does with an erased session's running work and KV (server/session_control.h): the
-  // registry never calls the engine itself. Called on the erasing thread, no lock held. Null: nothing.
+  // registry never calls the engine itself. Called on the erasing thread with only the registry's erase
+  // lock held (so clearing the hook waits for a call in progress); it must not erase. Null: nothing.
   using ErasedHook = std::function<void(const std::shared_ptr<Session>&)>;
   void on_erased(ErasedHook hook);
 
@@ -164,6 +166,10 @@ class SessionRegistry {
   // Deletes sessions idle past the TTL (in memory and in the store) that have no running response.
   // Returns how many. Called by the sweep thread; public for tests.
   size_t sweep_expired(int64_t now_unix_s);
+  // erase(), or with `idle_before` (the sweep's) only if the session, checked under its lock, has no
+  // response running and was last updated before that time: FailedPrecondition otherwise (it was used
+  // between the sweep's look and the erase).
+  Status erase_if_idle(const Tenant& tenant, std::string_view id, std::optional<int64_t> idle_before);
   // The tenant's sessions in memory, other than `except` (for the KV blocks they share with it).
   std::vector<std::shared_ptr<Session>> tenant_sessions(const std::string& tenant, const Session* except) const;
   size_t live_sessions() const;
@@ -175,6 +181,7 @@ class SessionRegistry {
   // Drops `session` from the table (if it is still the one under its id) and from its tenant's count.
   // Caller holds mutex_.
   void forget(const Session& session);
+
   // A stand-in for a session only in the store, made from its metadata (and its token ids, when readable)
   // for erase(); NotFound when absent or another tenant's.
   Result<std::shared_ptr<Session>> stored_for_erase(const Tenant& tenant, std::string_view id);

@@ -39,17 +39,14 @@ std::optional<ProtocolError> check_session_tools(const ServerContext& context, c
   if (!choice.ok()) return invalid("invalid_tool_choice", choice.status().message(), prefix + ".tool_choice");
   if (choice->mode != agent::ToolChoiceMode::kRequired && choice->mode != agent::ToolChoiceMode::kNamed)
     return std::nullopt;
-  if (!context.tool_call_constraint)
-    return invalid("invalid_tool_choice", "this server has no constrained decoding for tool_choice",
-                   prefix + ".tool_choice");
   std::vector<const tools::ToolSpec*> allowed;
   for (const tools::ToolSpec& spec : *tools)
     if (choice->mode == agent::ToolChoiceMode::kRequired || spec.name == choice->name) allowed.push_back(&spec);
-  if (auto compiled = context.tool_call_constraint(allowed); !compiled.ok())
-    return invalid("invalid_tools",
-                   "tool_choice forces a call, but its parameters cannot be constrained: " +
-                       compiled.status().message(),
-                   prefix + ".tools");
+  if (auto compiled = forced_call_constraint(context, allowed); !compiled.ok()) {
+    const bool unsupported = compiled.status().code() == StatusCode::kFailedPrecondition;
+    return invalid(unsupported ? "invalid_tool_choice" : "invalid_tools", compiled.status().message(),
+                   prefix + (unsupported ? ".tool_choice" : ".tools"));
+  }
   return std::nullopt;
 }
 

@@ -148,8 +148,16 @@ TEST_CASE("rejected requests name their parameter and status") {
   CHECK(error_of({{"messages", messages}, {"tool_choice", {{"type", "function"}}}}).param == "tool_choice");
   CHECK(error_of({{"messages", messages}, {"tools", {{{"type", "function"}}}}}).param ==
         "tools[0].function.name");
+  CHECK(error_of({{"messages", messages},
+                  {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", "x"}}}}}}})
+            .param == "tools[0].function.parameters");
   CHECK(error_of({{"messages", json::array()}}).param == "messages");
   CHECK(error_of({{"messages", messages}, {"model", "other"}}).http_status == 404);
+  const std::string deep = R"({"messages": [{"role": "user", "content": "Hi"}], "user": )" +
+                           std::string(100, '[') + std::string(100, ']') + "}";
+  const auto too_deep = parse_chat_completion(deep, api());
+  REQUIRE(std::holds_alternative<OpenAiError>(too_deep));
+  CHECK(std::get<OpenAiError>(too_deep).code == "json_too_deep");
   const auto not_json = parse_chat_completion("{", api());
   REQUIRE(std::holds_alternative<OpenAiError>(not_json));
   CHECK(std::get<OpenAiError>(not_json).code == "invalid_json");

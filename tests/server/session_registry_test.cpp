@@ -206,6 +206,18 @@ TEST_CASE("delete removes the session and its transcript from the store; the TTL
 
   const int64_t now = unix_now_s();
   CHECK(registry.sweep_expired(now) == 0);
+  // Used after the sweep looked (a response started, an update): the erase leaves it alone.
+  {
+    std::lock_guard lock(kept->mutex);
+    kept->running = RunningResponse{"r_1", 0, false, nullptr};
+  }
+  CHECK(registry.erase_if_idle(tenant, kept->id, now + 1).code() == StatusCode::kFailedPrecondition);
+  {
+    std::lock_guard lock(kept->mutex);
+    kept->running.reset();
+  }
+  CHECK(registry.erase_if_idle(tenant, kept->id, kept->updated_at).code() == StatusCode::kFailedPrecondition);
+  CHECK(registry.get(tenant, kept->id).ok());
   CHECK(registry.sweep_expired(now + 101) == 1);
   CHECK(registry.get(tenant, kept->id).status().code() == StatusCode::kNotFound);
   CHECK(db.store->load_session(kept->id).status().code() == StatusCode::kNotFound);
