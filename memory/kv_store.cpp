@@ -352,6 +352,7 @@ void KvStore::forget_locked(Index::iterator it, bool counts_for_reclaim) {
   if (counts_for_reclaim) erased_bytes_ += it->second.size;
   lru_.erase(it->second.lru_pos);
   touched_.erase(it->first);
+  volatile_keys_.erase(it->first);  // gone: nothing of it left to make durable
   index_.erase(it);
 }
 
@@ -406,12 +407,17 @@ Status KvStore::make_durable(std::span<const BlockKey> keys) {
     std::lock_guard lock(mu_);
     flush = volatile_overflow_;
     std::unordered_set<BlockKey> seen;
+    // Past a memtable's worth of rewrites a flush costs less: it writes at most that much.
+    const uint64_t flush_cheaper_after = store_.options().kv_write_buffer_bytes;
+    uint64_t rewrite_bytes = 0;
     for (const BlockKey& k : keys) {
       if (flush) break;
       auto it = index_.find(k);
       if (it == index_.end() || !volatile_keys_.contains(k) || !seen.insert(k).second) continue;
       rewrite.push_back(k);
       metas.push_back(meta_value(it->second.size, it->second.tick));
+      rewrite_bytes += it->second.size;
+      flush = rewrite_bytes > flush_cheaper_after;
     }
     if (!flush && rewrite.empty() && !wal_unsynced_) return Status::ok_status();
   }

@@ -64,10 +64,12 @@ struct Env {
   KvBlockFormat format = KvBlockFormat::make("model-a", kLayout);
   const uint64_t block_value_bytes = kv_block_encoded_size(kLayout.block_size, kLayout.block_bytes());
 
-  void open(uint64_t quota_blocks, std::string_view fingerprint = "model-a") {
+  void open(uint64_t quota_blocks, std::string_view fingerprint = "model-a", uint64_t write_buffer_bytes = 0) {
     kv.reset();
     store.reset();
-    auto s = RocksDbStore::open(StoreOptions{.path = (dir.path / "db").string()});
+    StoreOptions options{.path = (dir.path / "db").string()};
+    if (write_buffer_bytes > 0) options.kv_write_buffer_bytes = write_buffer_bytes;
+    auto s = RocksDbStore::open(options);
     REQUIRE_MESSAGE(s.ok(), s.status().to_string());
     store = std::move(s).value();
     format = KvBlockFormat::make(fingerprint, kLayout);
@@ -451,6 +453,23 @@ TEST_CASE("make_durable syncs WAL-less blocks through the WAL again instead of f
   CHECK(get_checked(**kv, 3).ok());
   CHECK_FALSE((*kv)->contains(TestBlock(2).key));  // never made durable: lost, as a cache write may be
   CHECK((*kv)->num_blocks() == 2);
+}
+
+TEST_CASE("make_durable flushes instead once the WAL-less blocks to rewrite pass a memtable's worth") {
+  Env env;
+  env.open(100, "model-a", /*write_buffer_bytes=*/2 * kv_block_encoded_size(kLayout.block_size,
+                                                                            kLayout.block_bytes()));
+  REQUIRE(put(*env.kv, {1, 2, 3}).ok());  // three WAL-less blocks: more than the memtable holds
+  const std::vector<BlockKey> chain{TestBlock(1).key, TestBlock(2).key, TestBlock(3).key};
+  REQUIRE(env.kv->make_durable(chain).ok());
+  uint64_t memtable_entries = 1;
+  REQUIRE(env.store->db()->GetIntProperty(env.store->handle(ColumnFamily::kKv),
+                                          "rocksdb.num-entries-active-mem-table", &memtable_entries));
+  CHECK(memtable_entries == 0);  // flushed, not rewritten
+  std::unique_ptr<RocksDbStore> crashed = open_crash_copy(env, env.dir.path / "crash");
+  auto kv = KvStore::open(*crashed, env.format, env.kv->quota_bytes());
+  REQUIRE(kv.ok());
+  for (uint64_t n : {1, 2, 3}) CHECK(get_checked(**kv, n).ok());
 }
 
 uintmax_t folder_bytes(const std::filesystem::path& dir) {
