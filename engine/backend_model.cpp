@@ -18,12 +18,16 @@ size_t matrix_bytes(const WeightMatrix& w) {
   return sz(w.rows) * sz(w.cols) * kernels::dtype_size(w.dtype);
 }
 
+// The longest context the model serves: the option, or the model's own limit when 0 or beyond it.
+int64_t resolved_max_context(const ModelConfig& config, int64_t max_context_len) {
+  return max_context_len == 0 || max_context_len > config.max_position_embeddings ? config.max_position_embeddings
+                                                                                   : max_context_len;
+}
+
 }  // namespace
 
 OpLimits backend_op_limits(const ModelConfig& config, const BackendModelOptions& options) {
-  int64_t max_context = options.max_context_len;
-  if (max_context == 0 || max_context > config.max_position_embeddings)
-    max_context = config.max_position_embeddings;
+  const int64_t max_context = resolved_max_context(config, options.max_context_len);
   // Every matmul input is the normed hidden state (q/k/v, router, lm_head) or the attention output
   // (o_proj). The lm_head's vocab-wide rows land in the logits buffer, and the experts' inter-wide rows
   // stay inside moe_experts' workspace, so neither widens the matmul scratch.
@@ -47,8 +51,7 @@ Result<std::unique_ptr<BackendModel>> BackendModel::create(Backend& backend, con
                                     " layers, the config " + std::to_string(config.num_hidden_layers));
   }
   BackendModelOptions resolved = options;
-  if (resolved.max_context_len == 0 || resolved.max_context_len > config.max_position_embeddings)
-    resolved.max_context_len = config.max_position_embeddings;
+  resolved.max_context_len = resolved_max_context(config, options.max_context_len);
   if (resolved.max_chunks == 0 || resolved.max_chunks > resolved.max_step_tokens)
     resolved.max_chunks = resolved.max_step_tokens;
   resolved.logits_rows_per_pass = std::min(resolved.logits_rows_per_pass, resolved.max_step_tokens);

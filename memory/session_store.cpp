@@ -103,10 +103,7 @@ Result<SessionRecord> SessionStore::load_session(std::string_view session_id) co
   AS_RETURN_IF_ERROR(check_id("session id", session_id));
   SnapshotRead read(store_.db());
   SessionRecord record;
-  rocksdb::Status s =
-      store_.db()->Get(read.options, store_.handle(ColumnFamily::kSessions), session_id, &record.metadata);
-  if (s.IsNotFound()) return Status::not_found("session " + std::string(session_id));
-  AS_RETURN_IF_ERROR(from_rocksdb(s, "load session metadata"));
+  AS_RETURN_IF_ERROR(read_metadata(read.options, session_id, record.metadata));
 
   const std::string prefix = id_prefix(session_id);
   std::unique_ptr<rocksdb::Iterator> it(
@@ -134,11 +131,15 @@ Result<SessionRecord> SessionStore::load_session(std::string_view session_id) co
 Result<std::string> SessionStore::load_metadata(std::string_view session_id) const {
   AS_RETURN_IF_ERROR(check_id("session id", session_id));
   std::string metadata;
-  rocksdb::Status s =
-      store_.db()->Get(rocksdb::ReadOptions(), store_.handle(ColumnFamily::kSessions), session_id, &metadata);
-  if (s.IsNotFound()) return Status::not_found("session " + std::string(session_id));
-  AS_RETURN_IF_ERROR(from_rocksdb(s, "load session metadata"));
+  AS_RETURN_IF_ERROR(read_metadata(rocksdb::ReadOptions(), session_id, metadata));
   return metadata;
+}
+
+Status SessionStore::read_metadata(const rocksdb::ReadOptions& options, std::string_view session_id,
+                                   std::string& metadata) const {
+  rocksdb::Status s = store_.db()->Get(options, store_.handle(ColumnFamily::kSessions), session_id, &metadata);
+  if (s.IsNotFound()) return Status::not_found("session " + std::string(session_id));
+  return from_rocksdb(s, "load session metadata");
 }
 
 Status SessionStore::delete_session(std::string_view session_id) {

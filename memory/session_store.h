@@ -83,6 +83,10 @@ class SessionStore {
   Status delete_note(std::string_view agent_id, std::string_view key);
 
  private:
+  // The session's metadata record; NotFound when it has none.
+  Status read_metadata(const rocksdb::ReadOptions& options, std::string_view session_id,
+                       std::string& metadata) const;
+
   RocksDbStore& store_;
 };
 
