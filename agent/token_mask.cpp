@@ -127,21 +127,27 @@ class Stepper {
     out_.ends.push_back(static_cast<uint32_t>(out_.frames.size()));
   }
 
-  // Pushes `node` and feeds it `c`, its first byte. An anyOf forks: each option that may start with `c` gets
-  // its own copy of the stack (the others would die on this byte, so they are never copied).
+  // Pushes `node` and feeds it `c`, its first byte; `s` is used up. An anyOf forks: each option that may
+  // start with `c` gets its own copy of the stack, the last one `s` itself (a $ref is a one-option anyOf, so
+  // most forks copy nothing; options that would die on this byte are never copied).
   void start_value(Stack& s, int node, uint8_t c, int nesting) {
     if (!g_.may_start_with(node, c)) return;
     const GrammarNode& n = g_.nodes[static_cast<size_t>(node)];
     if (n.kind == GrammarNodeKind::kAnyOf) {
       if (nesting >= kMaxAnyOfNesting) return;
-      for (int option : n.children) {
+      size_t last = n.children.size();
+      for (size_t i = 0; i < n.children.size(); ++i)
+        if (g_.may_start_with(n.children[i], c)) last = i;
+      for (size_t i = 0; i < n.children.size(); ++i) {
         if (exhausted_) return;
+        const int option = n.children[i];
         if (!g_.may_start_with(option, c)) continue;
         fork_frames_ += s.size();
         if (fork_frames_ > kMaxForkFramesPerByte) {
           exhausted_ = true;
           return;
         }
+        if (i == last) return start_value(s, option, c, nesting + 1);
         Stack copy = s;
         start_value(copy, option, c, nesting + 1);
       }

@@ -27,7 +27,7 @@ Result<std::shared_ptr<CompiledConstraint>> CompiledConstraint::for_grammar(
   if (eos_ids.empty()) return Status::invalid_argument("constraint needs at least one end-of-sequence id");
   if (grammar.root < 0 || static_cast<size_t>(grammar.root) >= grammar.nodes.size())
     return Status::invalid_argument("grammar has no root");
-  index_first_bytes(grammar);
+  if (grammar.first_bytes.size() != grammar.nodes.size()) index_first_bytes(grammar);  // compile_* did it
   return std::shared_ptr<CompiledConstraint>(
       new CompiledConstraint(std::move(index), std::move(grammar), std::move(eos_ids)));
 }
