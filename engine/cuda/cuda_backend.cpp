@@ -407,6 +407,15 @@ size_t CudaBackend::moe_workspace_bytes(int max_tokens, int top_k, const ExpertW
 void CudaBackend::moe_experts(float* out, const float* x, const int32_t* expert_ids,
                               const float* expert_weights, int n_tokens, int top_k,
                               const ExpertWeights& experts, void* workspace) {
+  // The backend never sees the workspace's size: the caller sized it for a max_tokens >= n_tokens, which
+  // reserve() bounds by limits_.max_tokens. A step past that bound would overrun the device memory, and the
+  // kernel, told only the size n_tokens needs, could not notice: refuse it here, as synchronize() reports.
+  if (n_tokens > limits_.max_tokens) {
+    record(Status::invalid_argument("moe_experts: " + std::to_string(n_tokens) +
+                                    " tokens, more than the reserved max_tokens " +
+                                    std::to_string(limits_.max_tokens)));
+    return;
+  }
   const kc::MoeExperts e = moe_experts_of(experts);
   record(kc::moe_experts(out, x, expert_ids, expert_weights, n_tokens, top_k, e, workspace,
                          kc::moe_workspace_bytes(n_tokens, top_k, e), compute_));

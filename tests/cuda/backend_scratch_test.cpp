@@ -2,7 +2,7 @@
 // widest matmul input (hidden or heads * head_dim), never the vocab; the workspace serves inputs up to that
 // width whatever the output width, and a wider input fails at synchronize(); a decode batch with more
 // chunks than the reserved split-K partials hold still runs on the split-K kernel (in passes) and matches
-// kernels::paged_attention_ref.
+// kernels::paged_attention_ref; moe_experts past the reserved max_tokens is refused at synchronize().
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -218,6 +218,75 @@ TEST_CASE(
     for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(double{got[i]} - want[i]));
     CHECK(worst < 1e-4);
   }
+}
+
+TEST_CASE("moe_experts with more tokens than reserved fails at synchronize and writes nothing") {
+  auto backend = make_backend();
+  const int reserved = 4, hidden = 64, inter = 32, n_experts = 4, top_k = 2;
+  REQUIRE(backend
+              ->reserve({.max_tokens = reserved,
+                         .max_width = hidden,
+                         .n_heads = 1,
+                         .head_dim = 64,
+                         .max_context_len = 16})
+              .ok());
+  std::mt19937 rng(3);
+  const size_t per = static_cast<size_t>(hidden) * inter;
+  auto random_bf16_experts = [&] {
+    const std::vector<float> v = bf16_floats(rng, static_cast<size_t>(n_experts) * per, 0.125f);
+    std::vector<bf16> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
+    return out;
+  };
+  DeviceBuffer d_gate = to_backend(*backend, random_bf16_experts());
+  DeviceBuffer d_up = to_backend(*backend, random_bf16_experts());
+  DeviceBuffer d_down = to_backend(*backend, random_bf16_experts());
+  const engine::ExpertWeights experts{.dtype = kernels::DType::kBF16,
+                                      .gate = d_gate.data(),
+                                      .up = d_up.data(),
+                                      .down = d_down.data(),
+                                      .n_experts = n_experts,
+                                      .hidden = hidden,
+                                      .inter = inter};
+  // The workspace is what a model reserving `reserved` tokens allocates; the activations are sized for
+  // twice that, so only the workspace is too small for the oversized call.
+  auto workspace = backend->allocate(backend->moe_workspace_bytes(reserved, top_k, experts));
+  REQUIRE(workspace.ok());
+  const int n_tokens = 2 * reserved;
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  for (int t = 0; t < n_tokens; ++t) {
+    for (int i = 0; i < top_k; ++i) {
+      ids.push_back((t + i) % n_experts);
+      weights.push_back(0.5f);
+    }
+  }
+  const size_t out_elems = static_cast<size_t>(n_tokens) * hidden;
+  DeviceBuffer d_x = to_backend(*backend, bf16_floats(rng, out_elems, 1.0f));
+  DeviceBuffer d_ids = to_backend(*backend, ids), d_w = to_backend(*backend, weights);
+  DeviceBuffer d_out = to_backend(*backend, std::vector<float>(out_elems, NAN));
+  REQUIRE(backend->synchronize().ok());
+
+  // Within the reserved tokens the call runs and overwrites its rows.
+  backend->moe_experts(d_out.as<float>(), d_x.as<float>(), d_ids.as<int32_t>(), d_w.as<float>(), reserved,
+                       top_k, experts, workspace->data());
+  REQUIRE(backend->synchronize().ok());
+  const auto first = from_backend<float>(*backend, d_out, out_elems);
+  const size_t reserved_elems = static_cast<size_t>(reserved) * hidden;
+  CHECK(std::all_of(first.begin(), first.begin() + static_cast<std::ptrdiff_t>(reserved_elems),
+                    [](float v) { return std::isfinite(v); }));
+
+  // Past them it is refused before any launch: synchronize reports it once, and no row changed.
+  backend->moe_experts(d_out.as<float>(), d_x.as<float>(), d_ids.as<int32_t>(), d_w.as<float>(), n_tokens,
+                       top_k, experts, workspace->data());
+  const Status status = backend->synchronize();
+  CHECK(status.code() == StatusCode::kInvalidArgument);
+  CHECK(backend->synchronize().ok());
+  const auto second = from_backend<float>(*backend, d_out, out_elems);
+  CHECK(std::equal(first.begin(), first.begin() + static_cast<std::ptrdiff_t>(reserved_elems),
+                   second.begin()));
+  CHECK(std::all_of(second.begin() + static_cast<std::ptrdiff_t>(reserved_elems), second.end(),
+                    [](float v) { return std::isnan(v); }));
 }
 
 }  // namespace
